@@ -1,0 +1,351 @@
+//! The filters' JSON configuration: what the installer writes into each `WasmPlugin`'s
+//! `pluginConfig` and what the filters parse in `on_configure`.
+//!
+//! Parsing is strict: unknown fields, wrong types, invalid identities and limits exceeded are all
+//! errors that name the offending field (e.g. `allow[1].from`), because a filter that guesses at a
+//! configuration it does not understand is not fail-closed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::http::is_method_token;
+use crate::identity::{validate_dns_label, SpiffeId};
+
+/// Largest configuration accepted, in bytes.
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+/// Most allow entries (callers) for one workload.
+pub const MAX_ALLOW_ENTRIES: usize = 1024;
+/// Most methods or path prefixes in one allow entry.
+pub const MAX_NARROWING_ITEMS: usize = 64;
+/// Longest path prefix.
+pub const MAX_PATH_PREFIX_LEN: usize = 1024;
+
+/// A configuration error, with the JSON path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration at `{field}`: {message}")]
+pub struct ConfigError {
+    /// Where in the document: `.` for the whole document, `allow[0].from` for a field.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What the authorization filter does with a denied request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Deny with 403.
+    #[default]
+    Enforce,
+    /// Log and count the decision, but let the request through.
+    DryRun,
+}
+
+/// Level at which a filter logs its decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+/// One caller the protected workload admits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    /// The caller's SPIFFE identity, exactly as its mTLS certificate carries it.
+    pub from: String,
+    /// The caller's service name, used in logs and metric labels.
+    pub service: String,
+    /// Methods admitted (upper case); empty admits any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Path prefixes admitted, matched on segment boundaries against the normalized path; empty
+    /// admits any path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_prefixes: Vec<String>,
+}
+
+/// Configuration of the identity authorization filter for one workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzConfig {
+    /// The service this filter protects (its pods run the sidecar).
+    pub workload: String,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub log_level: LogLevel,
+    /// The callers admitted. Anything not listed is denied.
+    pub allow: Vec<AllowEntry>,
+}
+
+/// Configuration of the request metrics filter for one workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The service whose inbound requests are measured (the `destination` label).
+    pub workload: String,
+    #[serde(default)]
+    pub log_level: LogLevel,
+    /// Known peer identities and the service names used as their `source` label. Any other
+    /// identity is labelled `unknown`, a request without mTLS `none`: label values stay a closed set.
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new(".", "configuration is empty"));
+    }
+    if raw.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::new(
+            ".",
+            format!(
+                "configuration is {} bytes, more than the {MAX_CONFIG_BYTES} allowed",
+                raw.len()
+            ),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // The path reads `.` for the document itself and `?` where the parser had not yet
+        // entered a field; both mean "the document".
+        let path = match e.path().to_string() {
+            p if p == "?" || p.is_empty() => ".".to_owned(),
+            p => p,
+        };
+        ConfigError::new(path, e.into_inner().to_string())
+    })?;
+    de.end()
+        .map_err(|e| ConfigError::new(".", format!("trailing data: {e}")))?;
+    Ok(value)
+}
+
+fn check_service_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    validate_dns_label(name).map_err(|e| ConfigError::new(field, e.to_string()))
+}
+
+impl AuthzConfig {
+    /// Parses and validates a configuration document.
+    pub fn from_json(raw: &[u8]) -> Result<Self, ConfigError> {
+        let cfg: Self = parse_json(raw)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Serializes to the JSON the filter reads.
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings, vectors and enums cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks every field; the error names the first one at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_service_name("workload", &self.workload)?;
+        if self.allow.len() > MAX_ALLOW_ENTRIES {
+            return Err(ConfigError::new(
+                "allow",
+                format!(
+                    "{} entries, at most {MAX_ALLOW_ENTRIES} allowed",
+                    self.allow.len()
+                ),
+            ));
+        }
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, entry) in self.allow.iter().enumerate() {
+            let at = |f: &str| format!("allow[{i}].{f}");
+            SpiffeId::parse(&entry.from)
+                .map_err(|e| ConfigError::new(at("from"), e.to_string()))?;
+            if let Some(first) = seen.insert(entry.from.as_str(), i) {
+                return Err(ConfigError::new(
+                    at("from"),
+                    format!("identity already listed in allow[{first}]; merge the two entries"),
+                ));
+            }
+            check_service_name(&at("service"), &entry.service)?;
+            if entry.methods.len() > MAX_NARROWING_ITEMS {
+                return Err(ConfigError::new(
+                    at("methods"),
+                    format!("at most {MAX_NARROWING_ITEMS} methods allowed"),
+                ));
+            }
+            for (j, m) in entry.methods.iter().enumerate() {
+                if !is_method_token(m) {
+                    return Err(ConfigError::new(
+                        format!("allow[{i}].methods[{j}]"),
+                        format!("`{m}` is not an upper-case HTTP method token"),
+                    ));
+                }
+            }
+            if entry.path_prefixes.len() > MAX_NARROWING_ITEMS {
+                return Err(ConfigError::new(
+                    at("path_prefixes"),
+                    format!("at most {MAX_NARROWING_ITEMS} path prefixes allowed"),
+                ));
+            }
+            for (j, p) in entry.path_prefixes.iter().enumerate() {
+                let field = format!("allow[{i}].path_prefixes[{j}]");
+                if p.len() > MAX_PATH_PREFIX_LEN {
+                    return Err(ConfigError::new(field, "path prefix too long"));
+                }
+                if crate::http::normalized_path(p.as_bytes()) != Ok(p.as_str()) {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("`{p}` must be a normalized absolute path without query (e.g. `/orders`)"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MetricsConfig {
+    /// Parses and validates a configuration document.
+    pub fn from_json(raw: &[u8]) -> Result<Self, ConfigError> {
+        let cfg: Self = parse_json(raw)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Serializes to the JSON the filter reads.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks every field; the error names the first one at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_service_name("workload", &self.workload)?;
+        if self.peers.len() > MAX_ALLOW_ENTRIES {
+            return Err(ConfigError::new(
+                "peers",
+                format!("at most {MAX_ALLOW_ENTRIES} peers allowed"),
+            ));
+        }
+        for (id, service) in &self.peers {
+            let field = format!("peers.{id}");
+            SpiffeId::parse(id).map_err(|e| ConfigError::new(field.as_str(), e.to_string()))?;
+            check_service_name(&field, service)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDER: &str = r#"{
+        "workload": "order-service",
+        "mode": "dry_run",
+        "log_level": "debug",
+        "allow": [{"from": "spiffe://cluster.local/ns/shop/sa/user-service", "service": "user-service",
+                   "methods": ["GET"], "path_prefixes": ["/orders"]}]
+    }"#;
+
+    #[test]
+    fn parses_a_full_document() {
+        let cfg = AuthzConfig::from_json(ORDER.as_bytes()).unwrap();
+        assert_eq!(cfg.workload, "order-service");
+        assert_eq!(cfg.mode, Mode::DryRun);
+        assert_eq!(cfg.log_level, LogLevel::Debug);
+        assert_eq!(cfg.allow[0].methods, vec!["GET"]);
+        assert_eq!(
+            AuthzConfig::from_json(cfg.to_json().as_bytes()).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn defaults_are_enforce_and_info() {
+        let cfg = AuthzConfig::from_json(br#"{"workload":"a","allow":[]}"#).unwrap();
+        assert_eq!(cfg.mode, Mode::Enforce);
+        assert_eq!(cfg.log_level, LogLevel::Info);
+    }
+
+    fn field_of(raw: &str) -> String {
+        AuthzConfig::from_json(raw.as_bytes()).unwrap_err().field
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(field_of(""), ".");
+        assert_eq!(field_of("{"), ".");
+        assert_eq!(field_of(r#"{"workload":"a","allow":[]} x"#), ".");
+        assert_eq!(field_of(r#"{"allow":[]}"#), ".");
+        assert_eq!(field_of(r#"{"workload":"A","allow":[]}"#), "workload");
+        assert_eq!(
+            field_of(r#"{"workload":"a","allow":[],"extra":1}"#),
+            "extra"
+        );
+        assert_eq!(
+            field_of(r#"{"workload":"a","mode":"off","allow":[]}"#),
+            "mode"
+        );
+        assert_eq!(
+            field_of(r#"{"workload":"a","allow":[{"from":"x","service":"b"}]}"#),
+            "allow[0].from"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"workload":"a","allow":[{"from":"spiffe://t/ns/n/sa/b","service":"b","methods":["get"]}]}"#
+            ),
+            "allow[0].methods[0]"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"workload":"a","allow":[{"from":"spiffe://t/ns/n/sa/b","service":"b","path_prefixes":["/a/../b"]}]}"#
+            ),
+            "allow[0].path_prefixes[0]"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"workload":"a","allow":[{"from":"spiffe://t/ns/n/sa/b","service":"b"},{"from":"spiffe://t/ns/n/sa/b","service":"c"}]}"#
+            ),
+            "allow[1].from"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"workload":"a","allow":[{"from":"spiffe://t/ns/n/sa/b","service":"b","x":1}]}"#
+            ),
+            "allow[0].x"
+        );
+    }
+
+    #[test]
+    fn hostile_documents_are_rejected_not_crashed() {
+        let deep = "[".repeat(100_000);
+        assert!(AuthzConfig::from_json(deep.as_bytes()).is_err());
+        let huge = vec![b' '; MAX_CONFIG_BYTES + 1];
+        assert!(AuthzConfig::from_json(&huge).is_err());
+        assert!(AuthzConfig::from_json(b"\xff\xfe\x00").is_err());
+        assert!(AuthzConfig::from_json(b"null").is_err());
+    }
+
+    #[test]
+    fn metrics_config_checks_peers() {
+        let ok = MetricsConfig::from_json(
+            br#"{"workload":"order-service","peers":{"spiffe://cluster.local/ns/shop/sa/user-service":"user-service"}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.peers.len(), 1);
+        let err = MetricsConfig::from_json(br#"{"workload":"o","peers":{"nope":"user-service"}}"#)
+            .unwrap_err();
+        assert_eq!(err.field, "peers.nope");
+    }
+}

@@ -1,0 +1,23 @@
+//! The meshguard model, shared by the Proxy-Wasm filters and the `meshctl` installer so that the
+//! policy the installer renders is exactly the policy the filters enforce.
+//!
+//! - [`identity`]: SPIFFE workload identities (`spiffe://<td>/ns/<ns>/sa/<sa>`).
+//! - [`model`]: services and the call graph ([`Mesh::reference`] is user → order → payment).
+//! - [`config`]: the filters' JSON configuration, validated with errors that name the field.
+//! - [`authz`]: the fail-closed authorization decision.
+//! - [`metrics`]: metric names and the Envoy tag rules that label them.
+//! - [`http`]: method, path and status helpers.
+//!
+//! This crate builds for `wasm32-wasip1` (inside the filters) and natively (installer, tests).
+
+pub mod authz;
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod model;
+
+pub use authz::{Authorizer, Decision, DenyReason, RequestFacts};
+pub use config::{AllowEntry, AuthzConfig, ConfigError, LogLevel, MetricsConfig, Mode};
+pub use identity::{IdentityError, SpiffeId};
+pub use model::{CallRule, Mesh, ModelError, Service};
