@@ -1,0 +1,83 @@
+# shellcheck shell=bash
+# Shared by the project's scripts: logging and the installation of every tool they need.
+# Everything is pinned: Rust by rust-toolchain.toml, crates by Cargo.lock, Go and cargo-fuzz here,
+# the test cluster's components by tests/kube/versions.env.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ROOT
+GO_VERSION="go1.26.8"
+CARGO_FUZZ_VERSION="0.13.2"
+# Debian packages the scripts need (compilers for native crates and libFuzzer, valgrind for
+# instruction counts, openssl for the test cluster's keys).
+APT_PACKAGES=(build-essential pkg-config ca-certificates curl git openssl valgrind)
+
+step_no=0
+step() {
+  step_no=$((step_no + 1))
+  printf '\n\033[1m==> [%s] %s\033[0m\n' "$step_no" "$*" >&2
+}
+info() { printf '    %s\n' "$*" >&2; }
+die() {
+  printf '\033[31merror:\033[0m %s\n' "$*" >&2
+  exit 1
+}
+
+ensure_apt_packages() {
+  local missing=()
+  local pkg
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    info "Debian packages present: ${APT_PACKAGES[*]}"
+    return
+  fi
+  [ "$(id -u)" -eq 0 ] || die "missing Debian packages ${missing[*]}: run as root or install them"
+  info "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+  if ! command -v rustup >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/rustup" ] || {
+      info "installing rustup (the toolchain itself is pinned by rust-toolchain.toml)"
+      curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none
+    }
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  # rustup installs the pinned toolchain, its components and the wasm32-wasip1 target on first use.
+  (cd "$ROOT" && rustup show active-toolchain >/dev/null 2>&1) || (cd "$ROOT" && rustup toolchain install)
+  (cd "$ROOT" && rustup target list --installed | grep -qx wasm32-wasip1) ||
+    (cd "$ROOT" && rustup target add wasm32-wasip1)
+  info "$(cd "$ROOT" && rustc --version), target wasm32-wasip1"
+}
+
+ensure_cargo_fuzz() {
+  if cargo fuzz --version 2>/dev/null | grep -q " ${CARGO_FUZZ_VERSION}\$"; then
+    return
+  fi
+  info "installing cargo-fuzz ${CARGO_FUZZ_VERSION}"
+  cargo install --quiet --locked cargo-fuzz --version "=${CARGO_FUZZ_VERSION}"
+}
+
+ensure_go() {
+  command -v go >/dev/null 2>&1 ||
+    die "Go is needed to build the test cluster (kube-apiserver, etcd) from source: install Go >= 1.21; ${GO_VERSION} is then fetched through the Go module proxy"
+  # Go >= 1.21 fetches the pinned toolchain itself when the local one differs.
+  export GOTOOLCHAIN="${GO_VERSION}"
+  export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+  info "$(go version)"
+}
+
+# The filters, release-built for wasm32-wasip1 (profile `wasm`, see Cargo.toml). Prints their folder.
+FILTERS_DIR="$ROOT/target/filters/wasm32-wasip1/wasm"
+build_filters() {
+  (cd "$ROOT" && cargo build --quiet --profile wasm --target wasm32-wasip1 --target-dir "$ROOT/target/filters" \
+    -p meshguard-authz -p meshguard-metrics -p meshguard-passthrough)
+  local f
+  for f in meshguard_authz meshguard_metrics meshguard_passthrough; do
+    [ -f "$FILTERS_DIR/$f.wasm" ] || die "build produced no $FILTERS_DIR/$f.wasm"
+    info "$(printf '%-24s %7d bytes' "$f.wasm" "$(stat -c %s "$FILTERS_DIR/$f.wasm")")"
+  done
+}

@@ -1,0 +1,259 @@
+//! Shared by the filter tests, the demo and the benchmarks: builds the real filters for
+//! `wasm32-wasip1` (release profile `wasm`, as shipped) and loads them into the Proxy-Wasm host.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use meshguard_mesh::{LogLevel, Mesh, Mode};
+use proxy_wasm_host::{Host, Properties, RequestSpec};
+
+/// The filters, by the name of their `.wasm` file.
+pub const AUTHZ: &str = "meshguard_authz";
+pub const METRICS: &str = "meshguard_metrics";
+pub const PASSTHROUGH: &str = "meshguard_passthrough";
+
+/// Namespace the tests' mesh lives in.
+pub const NAMESPACE: &str = "shop";
+
+/// Why the filters could not be provided.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("could not run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}); run it yourself to see why")]
+    Failed { command: String, status: String },
+    #[error("{0} was not produced by the build")]
+    Missing(PathBuf),
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Builds the filters once per process (cargo makes this a no-op when they are fresh) and returns
+/// the folder holding the `.wasm` files. `MESHGUARD_FILTERS_DIR` points at prebuilt ones instead.
+pub fn filters_dir() -> Result<&'static Path, &'static BuildError> {
+    static DIR: OnceLock<Result<PathBuf, BuildError>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("MESHGUARD_FILTERS_DIR") {
+            return Ok(PathBuf::from(dir));
+        }
+        let root = workspace_root();
+        // A target folder of its own, so that this nested cargo never waits on the lock of the
+        // cargo that runs the tests. The scripts build into the same folder.
+        let target = root.join("target").join("filters");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let args = [
+            "build",
+            "--quiet",
+            "--profile",
+            "wasm",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            "meshguard-authz",
+            "-p",
+            "meshguard-metrics",
+            "-p",
+            "meshguard-passthrough",
+        ];
+        let command = format!("{cargo} {}", args.join(" "));
+        let status = Command::new(&cargo)
+            .args(args)
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(&root)
+            .status()
+            .map_err(|source| BuildError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(BuildError::Failed {
+                command,
+                status: status.to_string(),
+            });
+        }
+        Ok(target.join("wasm32-wasip1").join("wasm"))
+    })
+    .as_ref()
+    .map(PathBuf::as_path)
+}
+
+/// Path of one filter's `.wasm`, building the filters if needed.
+pub fn module(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = filters_dir().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = dir.join(format!("{name}.wasm"));
+    if !path.is_file() {
+        return Err(BuildError::Missing(path).into());
+    }
+    Ok(path)
+}
+
+/// The reference mesh (user → order → payment) in [`NAMESPACE`].
+pub fn mesh() -> anyhow::Result<Mesh> {
+    Ok(Mesh::reference(NAMESPACE)?)
+}
+
+/// The SPIFFE identity of a service of [`mesh`].
+pub fn identity(service: &str) -> String {
+    format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{service}")
+}
+
+/// The authorization filter's configuration for `service`, as `meshctl` renders it.
+pub fn authz_config(service: &str, mode: Mode) -> anyhow::Result<String> {
+    Ok(mesh()?
+        .authz_config(service, mode, LogLevel::Info)?
+        .to_json())
+}
+
+/// The metrics filter's configuration for `service`, as `meshctl` renders it.
+pub fn metrics_config(service: &str) -> anyhow::Result<String> {
+    Ok(mesh()?.metrics_config(service, LogLevel::Info)?.to_json())
+}
+
+/// A host running filter `name` with `config`, `on_configure` already called (its result is
+/// returned by [`Host::configure`] again if a test needs it).
+pub fn host(name: &str, config: &str) -> anyhow::Result<Host> {
+    Ok(Host::builder(module(name)?)
+        .plugin_config(config)
+        .build_configured()?)
+}
+
+/// A host whose `on_configure` was called and returned `configured`.
+pub fn host_configure(name: &str, config: &[u8]) -> anyhow::Result<(Host, bool)> {
+    let mut host = Host::builder(module(name)?)
+        .plugin_config(config.to_vec())
+        .build()?;
+    let ok = host.configure()?;
+    Ok((host, ok))
+}
+
+/// A request from `caller` (a service of [`mesh`]) over mTLS.
+pub fn from_service(caller: &str, method: &str, path: &str) -> RequestSpec {
+    RequestSpec::new(method, path).properties(Properties::new().mtls_peer(&identity(caller)))
+}
+
+/// One workload's inbound sidecar: the authorization filter (Istio phase AUTHZ) followed by the
+/// metrics filter (phase STATS), each in its own VM as Envoy runs each WasmPlugin.
+///
+/// Envoy runs both in one filter chain; the host runs one plugin, so the chain is composed here:
+/// a request the authorization filter answers locally ends there, and the metrics filter sees the
+/// stream end with that local status (Envoy calls every filter's `on_log`, with `response.code`
+/// set to the local reply's status).
+pub struct Sidecar {
+    pub service: String,
+    pub authz: Host,
+    pub metrics: Host,
+}
+
+/// What happened to one call through a [`Sidecar`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResult {
+    pub status: u32,
+    pub allowed: bool,
+    pub deny_reason: Option<String>,
+}
+
+impl Sidecar {
+    /// The sidecar of `service` in the reference mesh, configured as `meshctl` renders it.
+    pub fn new(service: &str, mode: Mode) -> anyhow::Result<Self> {
+        Ok(Self {
+            service: service.to_owned(),
+            authz: host(AUTHZ, &authz_config(service, mode)?)?,
+            metrics: host(METRICS, &metrics_config(service)?)?,
+        })
+    }
+
+    /// Runs `request` through the chain; the application answers `app_status`.
+    pub fn call(&mut self, request: &RequestSpec, app_status: u32) -> anyhow::Result<CallResult> {
+        let mut request = request.clone();
+        request.upstream_response = proxy_wasm_host::ResponseSpec::new(app_status)
+            .latency(std::time::Duration::from_millis(12));
+        let decided = self.authz.http_request(&request)?;
+        let (status, deny_reason) = match &decided.local_response {
+            Some(local) => (
+                local.status_code,
+                local
+                    .headers
+                    .get_str("x-meshguard-deny-reason")
+                    .map(str::to_owned),
+            ),
+            None => (app_status, None),
+        };
+        let allowed = decided.local_response.is_none() && decided.forwarded_upstream;
+        request.upstream_response = proxy_wasm_host::ResponseSpec::new(status);
+        if allowed {
+            request.upstream_response = request
+                .upstream_response
+                .latency(std::time::Duration::from_millis(12));
+        }
+        self.metrics.http_request(&request)?;
+        Ok(CallResult {
+            status,
+            allowed,
+            deny_reason,
+        })
+    }
+
+    /// The sidecar's metrics as Prometheus would scrape them, labels extracted by the tag rules
+    /// the installer gives Envoy (`meshguard_mesh::metrics::STATS_TAGS`).
+    pub fn prometheus_lines(&self) -> anyhow::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for h in [&self.authz, &self.metrics] {
+            for (kind, stat) in h.metric_names() {
+                let (name, labels) = extract_tags(&format!("wasmcustom.{stat}"))?;
+                let name = name.trim_start_matches("wasmcustom.").to_owned();
+                let labels = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                match kind {
+                    proxy_wasm_host::MetricType::Histogram => {
+                        let values = h.histogram(&stat).unwrap_or_default();
+                        let sum: u64 = values.iter().sum();
+                        lines.push(format!("{name}_count{{{labels}}} {}", values.len()));
+                        lines.push(format!("{name}_sum{{{labels}}} {sum}"));
+                    }
+                    _ => lines.push(format!(
+                        "{name}{{{labels}}} {}",
+                        h.counter(&stat).or_else(|| h.gauge(&stat)).unwrap_or(0)
+                    )),
+                }
+            }
+        }
+        lines.sort();
+        Ok(lines)
+    }
+}
+
+/// Envoy's tag extraction with the rules the installer configures: every rule is matched against
+/// the original name, its group 2 is the tag value, and every group 1 is cut from the name.
+pub fn extract_tags(stat: &str) -> anyhow::Result<(String, Vec<(String, String)>)> {
+    let mut cut = vec![false; stat.len()];
+    let mut tags = Vec::new();
+    for rule in meshguard_mesh::metrics::STATS_TAGS {
+        let re = regex::Regex::new(rule.regex)?;
+        if let Some(c) = re.captures(stat) {
+            if let (Some(whole), Some(value)) = (c.get(1), c.get(2)) {
+                tags.push((rule.tag_name.to_owned(), value.as_str().to_owned()));
+                cut[whole.range()].iter_mut().for_each(|b| *b = true);
+            }
+        }
+    }
+    let name = stat
+        .char_indices()
+        .filter(|(i, _)| !cut.get(*i).copied().unwrap_or(false))
+        .map(|(_, c)| c)
+        .collect();
+    Ok((name, tags))
+}
