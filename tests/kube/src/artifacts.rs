@@ -1,0 +1,188 @@
+//! Pinned versions (from `versions.env`) and where the built binaries and the
+//! extracted CRDs live.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The text of `versions.env`, the single place where the versions are pinned.
+pub const VERSIONS_ENV: &str = include_str!("../versions.env");
+
+/// Environment variable naming the kube-apiserver binary.
+pub const ENV_KUBE_APISERVER: &str = "MESHGUARD_KUBE_APISERVER";
+/// Environment variable naming the etcd binary.
+pub const ENV_ETCD: &str = "MESHGUARD_ETCD";
+/// Environment variable naming the CRD directory (holding `istio-<version>/`,
+/// `keda-<version>/` and `cert-manager-<version>/`).
+pub const ENV_CRDS_DIR: &str = "MESHGUARD_CRDS_DIR";
+/// Environment variable overriding the cache root (`~/.cache/meshguard`).
+pub const ENV_CACHE_DIR: &str = "MESHGUARD_CACHE_DIR";
+
+/// The pinned versions of everything the cluster is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versions {
+    /// `k8s.io/kubernetes` tag kube-apiserver is built from (`v1.35.8`).
+    pub kubernetes: String,
+    /// `go.etcd.io/etcd/server/v3` tag etcd is built from.
+    pub etcd: String,
+    /// `istio.io/api` tag the Istio CRDs come from.
+    pub istio_api: String,
+    /// `github.com/kedacore/keda/v2` tag the KEDA CRDs come from.
+    pub keda: String,
+    /// `github.com/cert-manager/cert-manager` tag the cert-manager CRDs come from.
+    pub cert_manager: String,
+}
+
+impl Versions {
+    /// The versions pinned in `versions.env` (embedded at compile time).
+    pub fn pinned() -> Result<Self> {
+        Self::parse(VERSIONS_ENV)
+    }
+
+    /// Parses `KEY=VALUE` lines; `#` starts a comment line.
+    pub fn parse(text: &str) -> Result<Self> {
+        let get = |key: &str| -> Result<String> {
+            let mut found = None;
+            for (index, raw) in text.lines().enumerate() {
+                let line = raw.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((k, v)) = line.split_once('=') else {
+                    return Err(Error::Versions(format!(
+                        "line {}: expected KEY=VALUE, got {line:?}",
+                        index + 1
+                    )));
+                };
+                if k.trim() == key {
+                    found = Some(v.trim().to_owned());
+                }
+            }
+            match found {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(Error::Versions(format!("{key} is not set"))),
+            }
+        };
+        Ok(Self {
+            kubernetes: get("KUBERNETES_VERSION")?,
+            etcd: get("ETCD_VERSION")?,
+            istio_api: get("ISTIO_API_VERSION")?,
+            keda: get("KEDA_VERSION")?,
+            cert_manager: get("CERT_MANAGER_VERSION")?,
+        })
+    }
+}
+
+/// The script that builds the binaries and extracts the CRDs.
+pub fn build_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("build-cluster-bins.sh")
+}
+
+/// The cache root the build script writes to: `$MESHGUARD_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/meshguard`, else `$HOME/.cache/meshguard`.
+pub fn cache_root() -> Result<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty(ENV_CACHE_DIR) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = non_empty("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(dir).join("meshguard"));
+    }
+    if let Some(home) = non_empty("HOME") {
+        return Ok(PathBuf::from(home).join(".cache").join("meshguard"));
+    }
+    Err(Error::NoCacheDir)
+}
+
+/// Where the cluster's binaries and CRDs are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifacts {
+    /// The kube-apiserver binary.
+    pub kube_apiserver: PathBuf,
+    /// The etcd binary.
+    pub etcd: PathBuf,
+    /// The directory holding one sub-directory per CRD set (see
+    /// [`CrdSet::dir`](crate::CrdSet::dir)).
+    pub crds_dir: PathBuf,
+}
+
+impl Artifacts {
+    /// Locates the artifacts. For each one, the first of these wins: the
+    /// explicit path given here, its environment variable
+    /// (`MESHGUARD_KUBE_APISERVER`, `MESHGUARD_ETCD`, `MESHGUARD_CRDS_DIR`),
+    /// the versioned path in the cache the build script fills.
+    ///
+    /// The binaries must exist; the CRD directory is only checked by
+    /// [`TestCluster::install_crds`](crate::TestCluster::install_crds).
+    pub fn locate(
+        kube_apiserver: Option<&Path>,
+        etcd: Option<&Path>,
+        crds_dir: Option<&Path>,
+    ) -> Result<Self> {
+        let versions = Versions::pinned()?;
+        // The cache root is only needed when something is not given.
+        let cache = || cache_root();
+        let kube_apiserver = pick(kube_apiserver, ENV_KUBE_APISERVER, || {
+            Ok(cache()?
+                .join(format!("kube-apiserver-{}", versions.kubernetes))
+                .join("kube-apiserver"))
+        })?;
+        let etcd = pick(etcd, ENV_ETCD, || {
+            Ok(cache()?
+                .join(format!("etcd-{}", versions.etcd))
+                .join("etcd"))
+        })?;
+        let crds_dir = pick(crds_dir, ENV_CRDS_DIR, || Ok(cache()?.join("crds")))?;
+        for (what, (path, origin)) in [("kube-apiserver", &kube_apiserver), ("etcd", &etcd)] {
+            if !path.is_file() {
+                return Err(Error::MissingArtifact {
+                    what: what.to_owned(),
+                    path: path.clone(),
+                    source_of_path: origin.clone(),
+                    script: build_script(),
+                });
+            }
+        }
+        Ok(Self {
+            kube_apiserver: kube_apiserver.0,
+            etcd: etcd.0,
+            crds_dir: crds_dir.0,
+        })
+    }
+}
+
+/// Returns the path and a description of where it came from.
+fn pick(
+    explicit: Option<&Path>,
+    env: &str,
+    cached: impl FnOnce() -> Result<PathBuf>,
+) -> Result<(PathBuf, String)> {
+    if let Some(path) = explicit {
+        return Ok((path.to_path_buf(), "TestClusterOptions".to_owned()));
+    }
+    if let Some(value) = std::env::var_os(env).filter(|v: &OsString| !v.is_empty()) {
+        return Ok((PathBuf::from(value), format!("${env}")));
+    }
+    Ok((cached()?, format!("the cache; or set ${env}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_versions_parse() -> Result<()> {
+        let v = Versions::pinned()?;
+        assert!(v.kubernetes.starts_with("v1.35."), "{v:?}");
+        assert!(v.etcd.starts_with("v3."), "{v:?}");
+        assert!(v.keda.starts_with("v2."), "{v:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn parse_rejects_garbage_and_missing_keys() {
+        assert!(Versions::parse("NOT A PAIR\n").is_err());
+        assert!(Versions::parse("KUBERNETES_VERSION=v1.35.0\n").is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! An offline Kubernetes test cluster: a real kube-apiserver and etcd, started
+//! and stopped by tests, plus the CRDs of pinned Istio, KEDA and cert-manager
+//! versions.
+//!
+//! The binaries are built from Go source and the CRDs read from Go module zips
+//! by `tests/kube/build-cluster-bins.sh`, at the versions pinned in
+//! `tests/kube/versions.env`, into `~/.cache/meshguard/`. Run it once before
+//! the tests (it is idempotent and fast when everything is cached).
+//!
+//! ```no_run
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use meshguard_testcluster::{CrdSet, TestCluster, TestClusterOptions};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = TestCluster::start(TestClusterOptions::default()).await?;
+//! cluster.install_crds(&[CrdSet::Istio, CrdSet::Keda]).await?;
+//! let client = cluster.client().await?;
+//! let config_maps: kube::Api<ConfigMap> = kube::Api::namespaced(client, "default");
+//! println!("{} config maps", config_maps.list(&Default::default()).await?.items.len());
+//! // `kubectl --kubeconfig <path>` works too.
+//! println!("{}", cluster.kubeconfig_path().display());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What the cluster is not: there is no kube-controller-manager, scheduler or
+//! kubelet. Objects are stored, validated, defaulted and admitted, but nothing
+//! reconciles them: Deployments never get Pods, namespaces stay `Terminating`
+//! after deletion (see [`TestCluster::finalize_namespace`]), no ServiceAccount
+//! tokens or `default` ServiceAccounts appear, and webhooks of the installed
+//! CRDs' operators are absent.
+
+mod artifacts;
+mod cluster;
+mod crds;
+mod error;
+mod pki;
+mod process;
+
+pub use artifacts::{
+    build_script, cache_root, Artifacts, Versions, ENV_CACHE_DIR, ENV_CRDS_DIR, ENV_ETCD,
+    ENV_KUBE_APISERVER, VERSIONS_ENV,
+};
+pub use cluster::{TestCluster, TestClusterOptions, ADMIN_USER, CONTEXT_NAME, ENV_KEEP};
+pub use crds::{load_crds, CrdSet, FIELD_MANAGER};
+pub use error::{Error, Result};
