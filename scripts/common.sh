@@ -8,8 +8,8 @@ export ROOT
 GO_VERSION="go1.26.8"
 CARGO_FUZZ_VERSION="0.13.2"
 # Debian packages the scripts need (compilers for native crates and libFuzzer, valgrind for
-# instruction counts, openssl for the test cluster's keys).
-APT_PACKAGES=(build-essential pkg-config ca-certificates curl git openssl valgrind)
+# instruction counts, openssl for the test cluster's keys, shellcheck for the scripts).
+APT_PACKAGES=(build-essential pkg-config ca-certificates curl git openssl valgrind shellcheck)
 
 step_no=0
 step() {

@@ -257,3 +257,65 @@ pub fn extract_tags(stat: &str) -> anyhow::Result<(String, Vec<(String, String)>
         .collect();
     Ok((name, tags))
 }
+
+/// The benchmark scenarios, shared by `meshguard-bench` and the criterion bench.
+pub mod bench {
+    use anyhow::bail;
+    use meshguard_mesh::Mode;
+    use proxy_wasm_host::{Host, RequestSpec};
+
+    use super::{authz_config, from_service, metrics_config, module, AUTHZ, METRICS, PASSTHROUGH};
+
+    pub struct Scenario {
+        pub name: &'static str,
+        pub what: &'static str,
+        pub module: &'static str,
+        pub config: fn() -> anyhow::Result<String>,
+        pub request: fn() -> RequestSpec,
+    }
+
+    pub fn scenarios() -> Vec<Scenario> {
+        vec![
+            Scenario {
+                name: "passthrough",
+                what: "empty filter (baseline)",
+                module: PASSTHROUGH,
+                config: || Ok("{}".to_owned()),
+                request: || from_service("user-service", "GET", "/orders?user_id=7"),
+            },
+            Scenario {
+                name: "authz-allow",
+                what: "authorization, admitted caller",
+                module: AUTHZ,
+                config: || authz_config("order-service", Mode::Enforce),
+                request: || from_service("user-service", "GET", "/orders?user_id=7"),
+            },
+            Scenario {
+                name: "authz-deny",
+                what: "authorization, denied caller (403)",
+                module: AUTHZ,
+                config: || authz_config("order-service", Mode::Enforce),
+                request: || from_service("payment-service", "GET", "/orders?user_id=7"),
+            },
+            Scenario {
+                name: "metrics",
+                what: "request metrics",
+                module: METRICS,
+                config: || metrics_config("order-service"),
+                request: || from_service("user-service", "GET", "/orders?user_id=7"),
+            },
+        ]
+    }
+
+    pub fn host(s: &Scenario, fuel: bool) -> anyhow::Result<Host> {
+        let mut host = Host::builder(module(s.module)?)
+            .plugin_config((s.config)()?)
+            .fuel(fuel)
+            .capture_logs(false)
+            .build()?;
+        if !host.configure()? {
+            bail!("{}: on_configure failed", s.name);
+        }
+        Ok(host)
+    }
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this script). It installs what it needs:
+# Debian packages, the pinned Rust toolchain and wasm32-wasip1 target, cargo-fuzz, the pinned Go
+# toolchain, and the test cluster's kube-apiserver, etcd and CRDs (built from Go module source,
+# cached under ~/.cache/meshguard).
+#
+#   scripts/test.sh              everything
+#   FUZZ_SECONDS=60 scripts/test.sh   a longer fuzz run per target (default 20)
+set -euo pipefail
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$ROOT"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+
+step "Tools: Debian packages, Rust (rust-toolchain.toml), cargo-fuzz, Go"
+ensure_apt_packages
+ensure_rust
+ensure_cargo_fuzz
+ensure_go
+
+step "Test cluster binaries and CRDs (first run builds kube-apiserver and etcd: ~5 min)"
+eval "$(tests/kube/build-cluster-bins.sh)"
+
+step "Formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+(cd mesh/fuzz && cargo fmt -- --check)
+
+step "Lints (clippy -D warnings), native and wasm32-wasip1"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --locked --target wasm32-wasip1 -p meshguard-authz -p meshguard-metrics \
+  -p meshguard-passthrough -p meshguard-filter-common -- -D warnings
+shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run tests/kube/build-cluster-bins.sh
+
+step "Filters for wasm32-wasip1 (release profile 'wasm'; budget 200 KiB each)"
+build_filters
+for f in meshguard_authz meshguard_metrics; do
+  size="$(stat -c %s "$FILTERS_DIR/$f.wasm")"
+  [ "$size" -lt $((200 * 1024)) ] || die "$f.wasm is $size bytes, over the 200 KiB budget"
+done
+export MESHGUARD_FILTERS_DIR="$FILTERS_DIR"
+
+step "Tests: mesh model, filters in the Proxy-Wasm host, manifests, meshctl against a real API server"
+cargo test --workspace --locked
+
+step "Fuzz smoke run: ${FUZZ_SECONDS}s per target (cargo fuzz, stable toolchain, no sanitizer)"
+mkdir -p target
+for target in config identity decision; do
+  mkdir -p "mesh/fuzz/corpus/$target"
+  args=("corpus/$target")
+  [ -d "mesh/fuzz/seeds/$target" ] && args+=("seeds/$target")
+  log="target/fuzz-$target.log"
+  if ! (cd mesh/fuzz && cargo fuzz run --sanitizer none --release "$target" "${args[@]}" -- \
+    -dict=config.dict -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048) >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    die "fuzz target $target failed (log: $log, crash inputs: mesh/fuzz/artifacts/$target)"
+  fi
+  info "$target: $(grep -E '^Done' "$log" | tail -n 1)"
+done
+
+step "All checks passed"

@@ -1,0 +1,167 @@
+//! The benchmark command: per-request cost of each filter in the Proxy-Wasm host against the empty
+//! pass-through filter built the same way, measured in the same run and reported as ratios.
+//!
+//! Three measures, each per request:
+//! - wasm instructions: wasmtime fuel (one unit per wasm instruction), deterministic;
+//! - native instructions: valgrind callgrind over the whole host process (host + JIT code), from
+//!   the difference of two runs of different lengths so start-up cancels out; stable on any load;
+//! - time: median of several batches (machine-dependent; reported, never asserted).
+//!
+//! Usage: `meshguard-bench [--markdown FILE] [--no-callgrind]`, or internally
+//! `meshguard-bench --run SCENARIO N` (what callgrind runs).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use meshguard_filter_tests::bench::{host, scenarios, Scenario};
+use meshguard_filter_tests::{module, AUTHZ, METRICS, PASSTHROUGH};
+
+fn fuel_per_request(s: &Scenario) -> anyhow::Result<f64> {
+    let mut h = host(s, true)?;
+    let req = (s.request)();
+    h.run_requests(&req, 50)?;
+    let n = 2000;
+    let summary = h.run_requests(&req, n)?;
+    let fuel = summary.fuel_consumed.context("fuel metering is off")?;
+    Ok(fuel as f64 / n as f64)
+}
+
+fn nanos_per_request(s: &Scenario) -> anyhow::Result<f64> {
+    let mut h = host(s, false)?;
+    let req = (s.request)();
+    h.run_requests(&req, 500)?;
+    let mut batches = Vec::new();
+    for _ in 0..9 {
+        let n = 2000;
+        let start = Instant::now();
+        h.run_requests(&req, n)?;
+        batches.push(start.elapsed().as_nanos() as f64 / n as f64);
+    }
+    batches.sort_by(f64::total_cmp);
+    Ok(batches[batches.len() / 2])
+}
+
+/// Total instructions callgrind counts for `--run name n`.
+fn callgrind_total(name: &str, n: usize) -> anyhow::Result<u64> {
+    let exe = std::env::current_exe()?;
+    let out = tempfile_path(&format!("callgrind.{name}.{n}.out"));
+    let status = Command::new("valgrind")
+        .args(["--tool=callgrind", "--quiet"])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&exe)
+        .args(["--run", name, &n.to_string()])
+        .status()
+        .context("running valgrind (install it: apt-get install valgrind)")?;
+    if !status.success() {
+        bail!("valgrind --tool=callgrind failed for {name} ({status})");
+    }
+    let text = std::fs::read_to_string(&out)?;
+    let _ = std::fs::remove_file(&out);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no summary line in callgrind output")
+}
+
+fn tempfile_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("meshguard-{}-{name}", std::process::id()))
+}
+
+fn native_per_request(s: &Scenario) -> anyhow::Result<f64> {
+    let (short, long) = (100, 1100);
+    let a = callgrind_total(s.name, short)?;
+    let b = callgrind_total(s.name, long)?;
+    Ok(b.saturating_sub(a) as f64 / (long - short) as f64)
+}
+
+fn run_only(name: &str, n: usize) -> anyhow::Result<()> {
+    let Some(s) = scenarios().into_iter().find(|s| s.name == name) else {
+        bail!("no scenario {name}");
+    };
+    let mut h = host(&s, false)?;
+    h.run_requests(&(s.request)(), n)?;
+    Ok(())
+}
+
+struct Row {
+    name: &'static str,
+    what: &'static str,
+    fuel: f64,
+    native: Option<f64>,
+    nanos: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--run") {
+        let name = args.get(1).context("--run SCENARIO N")?;
+        let n = args.get(2).context("--run SCENARIO N")?.parse()?;
+        return run_only(name, n);
+    }
+    let callgrind = !args.iter().any(|a| a == "--no-callgrind");
+    let markdown = args
+        .iter()
+        .position(|a| a == "--markdown")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+
+    let mut rows = Vec::new();
+    for s in scenarios() {
+        eprintln!("measuring {} ...", s.name);
+        let fuel = fuel_per_request(&s)?;
+        let native = if callgrind {
+            Some(native_per_request(&s)?)
+        } else {
+            None
+        };
+        let nanos = nanos_per_request(&s)?;
+        rows.push(Row {
+            name: s.name,
+            what: s.what,
+            fuel,
+            native,
+            nanos,
+        });
+    }
+    let base = rows.first().context("no scenarios")?;
+    let (bf, bn, bt) = (base.fuel, base.native, base.nanos);
+    let mut out = String::new();
+    out.push_str("| scenario | what | wasm instr/req | ratio | native instr/req (callgrind) | ratio | time/req | ratio |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for r in &rows {
+        let native = match (r.native, bn) {
+            (Some(n), Some(b)) => format!("{n:.0} | {:.2}x", n / b),
+            _ => "- | -".to_owned(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2}x | {native} | {:.2} µs | {:.2}x |\n",
+            r.name,
+            r.what,
+            r.fuel,
+            r.fuel / bf,
+            r.nanos / 1000.0,
+            r.nanos / bt
+        ));
+    }
+    out.push_str("\n| module | size | budget |\n|---|---:|---:|\n");
+    for m in [PASSTHROUGH, AUTHZ, METRICS] {
+        let size = std::fs::metadata(module(m)?)?.len();
+        out.push_str(&format!(
+            "| {m}.wasm | {size} bytes ({:.1} KiB) | {} |\n",
+            size as f64 / 1024.0,
+            if m == PASSTHROUGH { "-" } else { "< 200 KiB" }
+        ));
+    }
+    print!("{out}");
+    if let Some(path) = markdown {
+        std::fs::write(&path, out)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
