@@ -36,6 +36,7 @@ mod crds;
 mod error;
 mod pki;
 mod process;
+mod simulate;
 
 pub use artifacts::{
     build_script, cache_root, Artifacts, Versions, ENV_CACHE_DIR, ENV_CRDS_DIR, ENV_ETCD,
@@ -44,3 +45,4 @@ pub use artifacts::{
 pub use cluster::{TestCluster, TestClusterOptions, ADMIN_USER, CONTEXT_NAME, ENV_KEEP};
 pub use crds::{load_crds, CrdSet, FIELD_MANAGER};
 pub use error::{Error, Result};
+pub use simulate::{CPU_NODE, GPU_NODE, METRICS_APISERVICE, SIMULATE_MANAGER};

@@ -371,3 +371,38 @@ async fn missing_binary_names_the_build_script() -> TestResult {
         Ok(_) => Err("started without a kube-apiserver".into()),
     }
 }
+
+#[tokio::test]
+async fn simulated_nodes_and_metrics_api_look_like_a_gpu_cluster() -> TestResult {
+    use k8s_openapi::api::core::v1::Node;
+    use meshguard_testcluster::{CPU_NODE, GPU_NODE, METRICS_APISERVICE};
+    let cluster = TestCluster::start(TestClusterOptions::default()).await?;
+    cluster.simulate_nodes().await?;
+    cluster.simulate_metrics_api().await?;
+    // Twice: server-side apply makes it idempotent.
+    cluster.simulate_nodes().await?;
+    let client = cluster.client().await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let gpu = nodes.get(GPU_NODE).await?;
+    let allocatable = gpu.status.and_then(|s| s.allocatable).unwrap_or_default();
+    assert_eq!(
+        allocatable.get("nvidia.com/gpu").map(|q| q.0.as_str()),
+        Some("1")
+    );
+    let labels = gpu.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("gpu").map(String::as_str), Some("true"));
+    let taints = gpu.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert_eq!(taints.len(), 1);
+    assert_eq!(taints[0].key, "nvidia.com/gpu");
+    assert_eq!(taints[0].effect, "NoSchedule");
+    let cpu = nodes.get(CPU_NODE).await?;
+    let cpu_alloc = cpu.status.and_then(|s| s.allocatable).unwrap_or_default();
+    assert!(!cpu_alloc.contains_key("nvidia.com/gpu"));
+    let apiservices: Api<DynamicObject> = Api::all_with(
+        client,
+        &resource("apiregistration.k8s.io", "v1", "APIService", "apiservices"),
+    );
+    assert!(apiservices.get(METRICS_APISERVICE).await.is_ok());
+    cluster.stop()?;
+    Ok(())
+}

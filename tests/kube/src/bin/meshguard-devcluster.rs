@@ -8,7 +8,7 @@ use meshguard_testcluster::{CrdSet, TestCluster, TestClusterOptions, Versions};
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "\
-usage: meshguard-devcluster [--crds LIST] [--kubeconfig PATH] [--ignore-stdin]
+usage: meshguard-devcluster [--crds LIST] [--simulate LIST] [--kubeconfig PATH] [--ignore-stdin]
 
 Starts etcd and kube-apiserver on loopback (binaries from
 tests/kube/build-cluster-bins.sh), installs the pinned CRDs, prints
@@ -18,6 +18,10 @@ closes, or SIGINT/SIGTERM arrives; then it stops both processes.
 options:
   --crds LIST        CRD sets to install, comma-separated, from istio, keda,
                      cert-manager, all, none (default: all)
+  --simulate LIST    stand-ins to register, comma-separated: gpu-node (a GPU
+                     node and a CPU node as Node objects, labelled and tainted
+                     like a GKE GPU pool), metrics-api (the metrics.k8s.io
+                     APIService); nothing runs on them (default: none)
   --kubeconfig PATH  also write the admin kubeconfig to PATH (when ready)
   --ignore-stdin     do not stop when stdin closes (for running in the
                      background with stdin on /dev/null)
@@ -28,6 +32,8 @@ MESHGUARD_CACHE_DIR, MESHGUARD_TESTCLUSTER_KEEP (keep the cluster directory).";
 
 struct Args {
     crds: Vec<CrdSet>,
+    simulate_nodes: bool,
+    simulate_metrics_api: bool,
     kubeconfig: Option<PathBuf>,
     ignore_stdin: bool,
 }
@@ -35,6 +41,8 @@ struct Args {
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         crds: CrdSet::ALL.to_vec(),
+        simulate_nodes: false,
+        simulate_metrics_api: false,
         kubeconfig: None,
         ignore_stdin: false,
     };
@@ -46,6 +54,17 @@ fn parse_args() -> Result<Option<Args>, String> {
             Some("--kubeconfig") => {
                 let path = it.next().ok_or("--kubeconfig needs a path")?;
                 args.kubeconfig = Some(PathBuf::from(path));
+            }
+            Some("--simulate") => {
+                let list = it.next().ok_or("--simulate needs a list")?;
+                for name in list.to_str().ok_or("--simulate: not UTF-8")?.split(',') {
+                    match name.trim() {
+                        "gpu-node" => args.simulate_nodes = true,
+                        "metrics-api" => args.simulate_metrics_api = true,
+                        "" | "none" => {}
+                        other => return Err(format!("unknown --simulate item {other:?}")),
+                    }
+                }
             }
             Some("--crds") => {
                 let list = it.next().ok_or("--crds needs a list")?;
@@ -134,6 +153,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             names.join(", ")
         );
         cluster.install_crds(&args.crds).await?;
+    }
+    if args.simulate_nodes {
+        eprintln!("meshguard-devcluster: registering a GPU node and a CPU node (objects only)");
+        cluster.simulate_nodes().await?;
+    }
+    if args.simulate_metrics_api {
+        eprintln!("meshguard-devcluster: registering the metrics.k8s.io APIService (not served)");
+        cluster.simulate_metrics_api().await?;
     }
     if let Some(path) = &args.kubeconfig {
         // Write next to the target, then rename: watchers never see half a file.
