@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use meshguard_filter_tests::{from_service, host, host_configure, metrics_config, METRICS};
-use meshguard_mesh::metrics::{self, STATS_TAGS};
+use meshguard_filter_tests::{
+    extract_tags, from_service, host, host_configure, metrics_config, METRICS,
+};
+use meshguard_mesh::metrics;
 use proxy_wasm_host::{MetricType, Properties, RequestSpec, ResponseSpec};
 
 type R = anyhow::Result<()>;
@@ -80,14 +82,7 @@ fn counts_and_times_a_known_sequence() -> R {
             metrics::REQUEST_DURATION_MS => assert_eq!(kind, MetricType::Histogram),
             other => panic!("unexpected metric {other}"),
         }
-        let mut stripped = name.clone();
-        for tag in STATS_TAGS {
-            let re = regex::Regex::new(tag.regex)?;
-            if let Some(c) = re.captures(&name) {
-                let cut = c.get(1).map(|m| m.as_str().to_owned()).unwrap_or_default();
-                stripped = stripped.replacen(&cut, "", 1);
-            }
-        }
+        let (stripped, _labels) = extract_tags(&name)?;
         assert_eq!(stripped, base, "tag rules leave {stripped} of {name}");
     }
     Ok(())
