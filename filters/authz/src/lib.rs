@@ -4,7 +4,8 @@
 //! facts Envoy exposes (`connection.mtls`, `connection.uri_san_peer_certificate`) and the request's
 //! `:method` and `:path`, and asks the compiled policy ([`meshguard_mesh::Authorizer`]) for a
 //! decision. A denial is answered locally with 403, a small JSON body and an
-//! `x-meshguard-deny-reason` header; in dry-run mode it is logged and counted but the request goes
+//! `x-meshguard-deny-reason` header (a gRPC request gets `grpc-status: 7`, PERMISSION_DENIED, with
+//! the reason as `grpc-message`); in dry-run mode it is logged and counted but the request goes
 //! on. Without a valid configuration every request is denied.
 
 use std::cell::RefCell;
@@ -13,7 +14,7 @@ use std::rc::Rc;
 use meshguard_filter_common::{self as common, Metrics};
 use meshguard_mesh::{metrics, Authorizer, Decision, DenyReason, Mode, RequestFacts};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel};
 
 /// Header naming the deny reason on a 403.
 pub const DENY_REASON_HEADER: &str = "x-meshguard-deny-reason";
@@ -86,27 +87,42 @@ fn mode_label(mode: Mode) -> &'static str {
 
 impl AuthzStream {
     fn deny(&self, workload: &str, reason: DenyReason) -> Action {
-        // Both values are from closed sets (a validated service name, a reason token), so they
-        // need no JSON escaping.
-        let body = format!(
-            r#"{{"error":"forbidden","reason":"{}","workload":"{workload}"}}"#,
-            reason.as_str()
-        );
-        let headers = vec![
-            ("content-type", "application/json"),
-            (DENY_REASON_HEADER, reason.as_str()),
-        ];
-        if let Err(status) =
+        let sent = if is_grpc() {
+            // gRPC clients read the status from `grpc-status`, not from the HTTP status.
+            proxy_wasm::hostcalls::send_grpc_response(
+                GrpcStatusCode::PermissionDenied,
+                Some(reason.as_str()),
+                vec![(DENY_REASON_HEADER, reason.as_str().as_bytes())],
+            )
+        } else {
+            // Both values are from closed sets (a validated service name, a reason token), so
+            // they need no JSON escaping.
+            let body = format!(
+                r#"{{"error":"forbidden","reason":"{}","workload":"{workload}"}}"#,
+                reason.as_str()
+            );
+            let headers = vec![
+                ("content-type", "application/json"),
+                (DENY_REASON_HEADER, reason.as_str()),
+            ];
             proxy_wasm::hostcalls::send_http_response(403, headers, Some(body.as_bytes()))
-        {
+        };
+        if let Err(status) = sent {
             // The host refused the local reply: do not let the request through regardless.
-            log::error!("meshguard-authz: cannot send 403 ({status:?}); resetting the stream");
+            log::error!(
+                "meshguard-authz: cannot send the denial ({status:?}); resetting the stream"
+            );
             if let Err(status) = proxy_wasm::hostcalls::reset_http_request() {
                 log::error!("meshguard-authz: cannot reset the stream either: {status:?}");
             }
         }
         Action::Pause
     }
+}
+
+/// Is this a gRPC request (`content-type: application/grpc[+proto|...]`)?
+fn is_grpc() -> bool {
+    common::request_header("content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"))
 }
 
 impl HttpContext for AuthzStream {

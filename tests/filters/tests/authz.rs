@@ -346,3 +346,25 @@ fn huge_and_binary_header_values_are_handled() -> R {
     assert!(h.failure().is_none());
     Ok(())
 }
+
+#[test]
+fn grpc_callers_get_permission_denied() -> R {
+    let mut h = host(AUTHZ, &authz_config("order-service", Mode::Enforce)?)?;
+    let req = from_service("payment-service", "POST", "/shop.Orders/List")
+        .header("content-type", "application/grpc");
+    let out = h.http_request(&req)?;
+    let local = out.local_response.as_ref().expect("a local reply");
+    assert_eq!(local.grpc_status, 7, "PERMISSION_DENIED");
+    assert!(!out.forwarded_upstream);
+    assert_eq!(out.response_header("grpc-status"), Some("7"));
+    assert_eq!(out.response_header("grpc-message"), Some("unknown_peer"));
+    assert_eq!(
+        out.response_header("x-meshguard-deny-reason"),
+        Some("unknown_peer")
+    );
+    // An admitted gRPC caller goes through.
+    let ok = from_service("user-service", "POST", "/shop.Orders/List")
+        .header("content-type", "application/grpc+proto");
+    assert!(h.http_request(&ok)?.forwarded_upstream);
+    Ok(())
+}
