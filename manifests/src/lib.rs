@@ -6,9 +6,55 @@
 //! - [`render`]: the objects in dependency (apply) order, each a `DynamicObject` with
 //!   `apiVersion`/`kind` set and the ownership labels of [`ownership_labels`].
 //! - [`to_yaml`]: a multi-document YAML stream of objects.
+//! - [`apply_order_kinds`], [`kind_info`], [`required_crds`]: what kinds exist, where they live in
+//!   the API, and which CRDs a rendering needs (for `uninstall` by label and for preflight).
+//!
+//! What [`render`] returns, in apply order (see `docs/manifests.md` for the why of each):
+//!
+//! 1. `Namespace` with `istio-injection: enabled` and Pod Security `restricted` (enforce, warn, audit).
+//! 2. One `ServiceAccount` per service (`automountServiceAccountToken: false`); no Role, no binding.
+//! 3. `PeerAuthentication/default`: mTLS `STRICT` for the namespace.
+//! 4. `NetworkPolicy`s: default deny, DNS, istiod, Wasm module fetch, Prometheus scrape, and one
+//!    ingress/egress pair per call-graph edge, in the call direction.
+//! 5. `EnvoyFilter/meshguard-stats-tags`: the bootstrap `stats_tags` that turn the filters' stat
+//!    names into Prometheus labels.
+//! 6. Two `WasmPlugin`s per service: identity authorization (`AUTHZ`, fail-closed) and request
+//!    metrics (`STATS`).
+//! 7. Per service a `Service` (port `http`), a `Deployment` and a `PodDisruptionBudget`.
+//! 8. `HorizontalPodAutoscaler/order-service` (CPU 75 %, 1..10).
+//! 9. `ScaledObject/user-service` (KEDA, on order-service's CPU rate, 1..4).
+//! 10. Optionally a `PodMonitor` (Prometheus Operator) for the sidecars' stats.
+//!
+//! Security-relevant objects (mTLS, network policies, the filters) come before the workloads, so
+//! no pod ever serves without them.
+
+mod autoscaling;
+mod istio;
+mod kinds;
+mod network;
+mod object;
+mod options;
+mod workloads;
+
+use std::collections::BTreeMap;
 
 use kube::api::DynamicObject;
-use meshguard_mesh::{LogLevel, Mesh, Mode};
+use meshguard_mesh::Mesh;
+
+pub use autoscaling::{
+    order_cpu_query, ORDER_CPU_UTILIZATION, ORDER_MAX_REPLICAS, ORDER_MIN_REPLICAS,
+    USER_MAX_REPLICAS, USER_MIN_REPLICAS,
+};
+pub use kinds::{apply_order_kinds, kind_info, kind_of, required_crds, KindInfo};
+pub use network::{ISTIOD_XDS_PORT, SIDECAR_ENVOY_METRICS_PORT, SIDECAR_MERGED_METRICS_PORT};
+pub use options::{
+    Profile, RenderOptions, UnknownProfile, DEFAULT_HEALTH_PATH,
+    DEFAULT_KEDA_CPU_ACTIVATION_THRESHOLD, DEFAULT_KEDA_CPU_THRESHOLD,
+    DEFAULT_MONITORING_NAMESPACE, DEFAULT_PROMETHEUS_ADDRESS,
+};
+pub use workloads::{
+    GKE_ACCELERATOR_LABEL, GPU_RESOURCE, GPU_TAINT_KEY, LOCAL_GPU_LABEL, POD_RUN_AS_USER,
+};
 
 /// Label key/value marking objects meshctl manages.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshctl");
@@ -16,68 +62,42 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshctl")
 pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "meshguard");
 /// Label key whose value is the install's namespace: `uninstall` selects on it.
 pub const INSTANCE_KEY: &str = "app.kubernetes.io/instance";
+/// Label key naming the service (or `meshguard` for namespace-wide objects) an object belongs to.
+/// Pods carry it too: Deployments, Services, WasmPlugins and NetworkPolicies select on it.
+pub const NAME_KEY: &str = "app.kubernetes.io/name";
+/// Label key naming the object's role (`workload`, `authz-filter`, `network-policy`, ...).
+pub const COMPONENT_KEY: &str = "app.kubernetes.io/component";
+/// `app.kubernetes.io/name` of the objects that belong to no single service.
+pub const SYSTEM_NAME: &str = "meshguard";
 
-/// Where the cluster runs: decides the GPU node labels and taints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Profile {
-    /// Nodes labelled `gpu=true` (the seed's labels) and tainted `nvidia.com/gpu=present:NoSchedule`.
-    #[default]
-    Local,
-    /// GKE GPU node pools: `cloud.google.com/gke-accelerator` label, `nvidia.com/gpu=present:NoSchedule` taint.
-    Gke,
-}
-
-/// Everything a user can choose about an install.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RenderOptions {
-    pub namespace: String,
-    pub profile: Profile,
-    pub user_image: String,
-    pub order_image: String,
-    pub payment_image: String,
-    /// URL of the authorization filter module (`oci://…`, `https://…` or `file://…`). The default
-    /// points at `registry.invalid`, a placeholder `install` refuses: publish the module first.
-    pub authz_module_url: String,
-    /// URL of the request metrics filter module.
-    pub metrics_module_url: String,
-    /// Prometheus the KEDA trigger queries.
-    pub prometheus_address: String,
-    pub authz_mode: Mode,
-    pub log_level: LogLevel,
-}
+/// The Grafana dashboard (`manifests/grafana/meshguard-dashboard.json`): request rate, latency
+/// percentiles and denials from the filters' metrics, the autoscalers' replicas and
+/// order-service's CPU. Its `datasource` and `namespace` are dashboard variables.
+pub const GRAFANA_DASHBOARD_JSON: &str = include_str!("../grafana/meshguard-dashboard.json");
 
 /// A rendering error.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
+    /// The mesh model is invalid.
     #[error(transparent)]
     Model(#[from] meshguard_mesh::ModelError),
+    /// An object could not be assembled.
     #[error("cannot build {kind} {name}: {message}")]
     Object {
         kind: String,
         name: String,
         message: String,
     },
+    /// A [`RenderOptions`] field has a value that cannot be rendered.
+    #[error("invalid option `{field}`: {message}")]
+    Option { field: String, message: String },
 }
 
-impl RenderOptions {
-    /// The defaults for an install into `namespace`.
-    pub fn new(namespace: &str) -> Self {
-        let image = |s: &str| {
-            format!("us-west1-docker.pkg.dev/brave-smile-424210-m0/microservice/{s}:latest")
-        };
-        Self {
-            namespace: namespace.to_owned(),
-            profile: Profile::default(),
-            user_image: image("user-service"),
-            order_image: image("order-service"),
-            payment_image: image("payment-service"),
-            authz_module_url: "oci://registry.invalid/meshguard/authz:0.1.0".to_owned(),
-            metrics_module_url: "oci://registry.invalid/meshguard/metrics:0.1.0".to_owned(),
-            prometheus_address:
-                "http://monitoring-kube-prometheus-prometheus.monitoring.svc.cluster.local:9090"
-                    .to_owned(),
-            authz_mode: Mode::Enforce,
-            log_level: LogLevel::Info,
+impl RenderError {
+    pub(crate) fn option(field: &str, message: impl Into<String>) -> Self {
+        Self::Option {
+            field: field.to_owned(),
+            message: message.into(),
         }
     }
 }
@@ -91,17 +111,82 @@ pub fn ownership_labels(namespace: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// The label selector (`key=value,...`) matching every object an install into `namespace` owns:
+/// what `uninstall` lists and deletes by.
+pub fn ownership_selector(namespace: &str) -> String {
+    ownership_labels(namespace)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Ownership labels plus `app.kubernetes.io/name` and `app.kubernetes.io/component`.
+pub(crate) fn labels(namespace: &str, name: &str, component: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = ownership_labels(namespace).into_iter().collect();
+    out.insert(NAME_KEY.to_owned(), name.to_owned());
+    out.insert(COMPONENT_KEY.to_owned(), component.to_owned());
+    out
+}
+
 /// Renders every object, in apply order.
-pub fn render(_mesh: &Mesh, _opts: &RenderOptions) -> Result<Vec<DynamicObject>, RenderError> {
-    Ok(Vec::new())
+///
+/// Fails if the mesh is invalid, if `opts.namespace` is not the mesh's namespace (the identities
+/// in the filters' configuration would name the wrong namespace), or if an option cannot be
+/// rendered (see [`RenderOptions::validate`]).
+pub fn render(mesh: &Mesh, opts: &RenderOptions) -> Result<Vec<DynamicObject>, RenderError> {
+    mesh.validate()?;
+    opts.validate()?;
+    if mesh.namespace != opts.namespace {
+        return Err(RenderError::option(
+            "namespace",
+            format!(
+                "`{}` differs from the mesh model's namespace `{}`: the SPIFFE identities the \
+                 filters admit are namespace-scoped",
+                opts.namespace, mesh.namespace
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    out.push(workloads::namespace(opts)?);
+    for s in &mesh.services {
+        out.push(workloads::service_account(s, opts)?);
+    }
+    out.push(istio::peer_authentication(opts));
+    out.extend(network::policies(mesh, opts)?);
+    out.push(istio::stats_tags_filter(opts));
+    for s in &mesh.services {
+        out.push(istio::authz_plugin(mesh, s, opts)?);
+        out.push(istio::metrics_plugin(mesh, s, opts)?);
+    }
+    for s in &mesh.services {
+        out.push(workloads::service(s, opts)?);
+    }
+    for s in &mesh.services {
+        out.push(workloads::deployment(mesh, s, opts)?);
+    }
+    for s in &mesh.services {
+        out.push(workloads::pod_disruption_budget(s, opts)?);
+    }
+    out.extend(autoscaling::order_service_hpa(mesh, opts)?);
+    out.extend(autoscaling::user_service_scaled_object(mesh, opts)?);
+    if opts.pod_monitor {
+        out.push(istio::pod_monitor(opts));
+    }
+    Ok(out)
 }
 
 /// A multi-document YAML stream.
+///
+/// Keys are written in sorted order whatever the build's `serde_json` features, so the output is
+/// byte-for-byte stable (the checked-in `manifests/rendered/default.yaml` depends on it).
 pub fn to_yaml(objects: &[DynamicObject]) -> Result<String, serde_yaml::Error> {
     let mut out = String::new();
     for o in objects {
+        let value =
+            serde_json::to_value(o).map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(o)?);
+        out.push_str(&serde_yaml::to_string(&object::sorted(value))?);
     }
     Ok(out)
 }

@@ -1,0 +1,223 @@
+//! Istio objects (mTLS, the filters, their stats) and the optional Prometheus `PodMonitor`.
+
+use kube::api::DynamicObject;
+use meshguard_mesh::metrics::STATS_TAGS;
+use meshguard_mesh::{Mesh, Service};
+use serde_json::{json, Value};
+
+use crate::object::{custom, meta};
+use crate::{labels, RenderError, RenderOptions, INSTANCE_KEY, PART_OF, SYSTEM_NAME};
+
+/// `pluginName` of the authorization filter (Envoy's root id for it).
+pub(crate) const AUTHZ_PLUGIN_NAME: &str = "meshguard-authz";
+/// `pluginName` of the metrics filter.
+pub(crate) const METRICS_PLUGIN_NAME: &str = "meshguard-metrics";
+
+/// Mutual TLS required for every workload in the namespace: a plaintext connection has no peer
+/// identity, so it is refused before any filter runs (the authorization filter also denies
+/// requests without one, `no_mtls`, should this ever be relaxed).
+pub(crate) fn peer_authentication(opts: &RenderOptions) -> DynamicObject {
+    custom(
+        "security.istio.io/v1",
+        "PeerAuthentication",
+        meta(
+            "default",
+            Some(&opts.namespace),
+            labels(&opts.namespace, SYSTEM_NAME, "mtls"),
+        ),
+        json!({"mtls": {"mode": "STRICT"}}),
+    )
+}
+
+/// Labels every meshguard pod carries, for selecting all of them at once.
+fn all_pods(opts: &RenderOptions) -> Value {
+    json!({PART_OF.0: PART_OF.1, INSTANCE_KEY: opts.namespace})
+}
+
+/// Adds the filters' tag-extraction rules to the sidecars' bootstrap `stats_config.stats_tags`
+/// (a `MERGE` appends to Istio's own list), so a stat named
+/// `wasmcustom.meshguard_requests_total.source=a.destination=b...` reaches Prometheus as
+/// `meshguard_requests_total{source="a",destination="b",...}`.
+///
+/// Istio applies `BOOTSTRAP` patches only to proxies whose agent fetches its bootstrap from
+/// istiod (`BOOTSTRAP_XDS_AGENT=true`, set per pod in `proxy.istio.io/config`), and only when the
+/// proxy starts: this object is applied before the Deployments for that reason.
+pub(crate) fn stats_tags_filter(opts: &RenderOptions) -> DynamicObject {
+    let tags: Vec<Value> = STATS_TAGS
+        .iter()
+        .map(|t| json!({"tag_name": t.tag_name, "regex": t.regex}))
+        .collect();
+    custom(
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        meta(
+            "meshguard-stats-tags",
+            Some(&opts.namespace),
+            labels(&opts.namespace, SYSTEM_NAME, "telemetry"),
+        ),
+        json!({
+            "workloadSelector": {"labels": all_pods(opts)},
+            "configPatches": [{
+                "applyTo": "BOOTSTRAP",
+                "patch": {
+                    "operation": "MERGE",
+                    "value": {"stats_config": {"stats_tags": tags}},
+                },
+            }],
+        }),
+    )
+}
+
+/// What differs between the two WasmPlugins of a service.
+struct Plugin<'a> {
+    url: &'a str,
+    sha256: Option<&'a String>,
+    plugin_name: &'a str,
+    phase: &'a str,
+    fail_strategy: &'a str,
+    config: Value,
+}
+
+/// A WasmPlugin spec for a service's pods.
+fn plugin_spec(s: &Service, opts: &RenderOptions, p: Plugin<'_>) -> Value {
+    let Plugin {
+        url,
+        sha256,
+        plugin_name,
+        phase,
+        fail_strategy,
+        config,
+    } = p;
+    let mut spec = json!({
+        "selector": {"matchLabels": {crate::NAME_KEY: s.name}},
+        "url": url,
+        "imagePullPolicy": "IfNotPresent",
+        "pluginName": plugin_name,
+        "phase": phase,
+        "type": "HTTP",
+        "failStrategy": fail_strategy,
+        // Inbound traffic to the service's port: the filters protect and measure the workload
+        // the sidecar fronts, not its outbound calls.
+        "match": [{"mode": "SERVER", "ports": [{"number": s.port}]}],
+        "pluginConfig": config,
+    });
+    if let Value::Object(map) = &mut spec {
+        if let Some(sha) = sha256 {
+            map.insert("sha256".into(), Value::String(sha.clone()));
+        }
+        if let Some(secret) = &opts.module_pull_secret {
+            map.insert("imagePullSecret".into(), Value::String(secret.clone()));
+        }
+    }
+    spec
+}
+
+fn to_config_value<T: serde::Serialize>(name: &str, config: &T) -> Result<Value, RenderError> {
+    serde_json::to_value(config).map_err(|e| RenderError::Object {
+        kind: "WasmPlugin".into(),
+        name: name.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The identity authorization filter for a service: its callers from the call graph, by SPIFFE
+/// identity. `AUTHZ` phase; `FAIL_CLOSE`, so a module that cannot be fetched or fails to start
+/// denies traffic instead of letting it through unchecked.
+pub(crate) fn authz_plugin(
+    mesh: &Mesh,
+    s: &Service,
+    opts: &RenderOptions,
+) -> Result<DynamicObject, RenderError> {
+    let name = format!("{}-authz", s.name);
+    let config = mesh.authz_config(&s.name, opts.authz_mode, opts.log_level)?;
+    config.validate().map_err(|e| RenderError::Object {
+        kind: "WasmPlugin".into(),
+        name: name.clone(),
+        message: e.to_string(),
+    })?;
+    let config = to_config_value(&name, &config)?;
+    Ok(custom(
+        "extensions.istio.io/v1alpha1",
+        "WasmPlugin",
+        meta(
+            &name,
+            Some(&opts.namespace),
+            labels(&opts.namespace, &s.name, "authz-filter"),
+        ),
+        plugin_spec(
+            s,
+            opts,
+            Plugin {
+                url: &opts.authz_module_url,
+                sha256: opts.authz_module_sha256.as_ref(),
+                plugin_name: AUTHZ_PLUGIN_NAME,
+                phase: "AUTHZ",
+                fail_strategy: "FAIL_CLOSE",
+                config,
+            },
+        ),
+    ))
+}
+
+/// The request metrics filter for a service. `STATS` phase; `FAIL_OPEN`: losing metrics must
+/// not take the service down (authorization does not depend on this filter).
+pub(crate) fn metrics_plugin(
+    mesh: &Mesh,
+    s: &Service,
+    opts: &RenderOptions,
+) -> Result<DynamicObject, RenderError> {
+    let name = format!("{}-metrics", s.name);
+    let config = mesh.metrics_config(&s.name, opts.log_level)?;
+    config.validate().map_err(|e| RenderError::Object {
+        kind: "WasmPlugin".into(),
+        name: name.clone(),
+        message: e.to_string(),
+    })?;
+    let config = to_config_value(&name, &config)?;
+    Ok(custom(
+        "extensions.istio.io/v1alpha1",
+        "WasmPlugin",
+        meta(
+            &name,
+            Some(&opts.namespace),
+            labels(&opts.namespace, &s.name, "metrics-filter"),
+        ),
+        plugin_spec(
+            s,
+            opts,
+            Plugin {
+                url: &opts.metrics_module_url,
+                sha256: opts.metrics_module_sha256.as_ref(),
+                plugin_name: METRICS_PLUGIN_NAME,
+                phase: "STATS",
+                fail_strategy: "FAIL_OPEN",
+                config,
+            },
+        ),
+    ))
+}
+
+/// Prometheus Operator scrape of every meshguard sidecar's Envoy stats (`http-envoy-prom`,
+/// `:15090/stats/prometheus`, the port Istio declares on the injected proxy). kube-prometheus-stack
+/// ignores `prometheus.io/*` annotations, so without this (or an equivalent scrape config) the
+/// filters' metrics never reach Prometheus. Prometheus adds the `namespace` and `pod` labels the
+/// queries use.
+pub(crate) fn pod_monitor(opts: &RenderOptions) -> DynamicObject {
+    custom(
+        "monitoring.coreos.com/v1",
+        "PodMonitor",
+        meta(
+            "meshguard-sidecars",
+            Some(&opts.namespace),
+            labels(&opts.namespace, SYSTEM_NAME, "telemetry"),
+        ),
+        json!({
+            "selector": {"matchLabels": all_pods(opts)},
+            "podMetricsEndpoints": [{
+                "port": "http-envoy-prom",
+                "path": "/stats/prometheus",
+                "interval": "15s",
+            }],
+        }),
+    )
+}

@@ -1,0 +1,406 @@
+//! The namespace and the services' workloads: ServiceAccounts, Services, Deployments and
+//! PodDisruptionBudgets, with `restricted` pod security and GPU scheduling.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    Namespace, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
+use meshguard_mesh::metrics::ENVOY_STAT_PREFIX;
+use meshguard_mesh::model::PAYMENT_SERVICE;
+use meshguard_mesh::{Mesh, Service as MeshService};
+use serde_json::json;
+
+use crate::object::{meta, typed};
+use crate::{labels, Profile, RenderError, RenderOptions, NAME_KEY, SYSTEM_NAME};
+
+/// Extended resource the NVIDIA device plugin advertises.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Taint key of GPU nodes (`nvidia.com/gpu=present:NoSchedule` on GKE GPU node pools).
+pub const GPU_TAINT_KEY: &str = "nvidia.com/gpu";
+/// Node label of GPU nodes in the [`Profile::Local`] profile (the seed's `--node-labels=gpu=true`).
+pub const LOCAL_GPU_LABEL: (&str, &str) = ("gpu", "true");
+/// Node label GKE puts on every node of a GPU node pool (its value is the accelerator type).
+pub const GKE_ACCELERATOR_LABEL: &str = "cloud.google.com/gke-accelerator";
+/// UID and GID the services run as: any non-zero ID satisfies `restricted`; a high one avoids
+/// colliding with IDs that images or nodes use for real accounts.
+pub const POD_RUN_AS_USER: i64 = 10001;
+
+/// `app.kubernetes.io/component` of the workload objects (and their pods).
+const WORKLOAD: &str = "workload";
+
+/// The namespace: sidecar injection on, Pod Security `restricted` enforced.
+///
+/// `restricted` holds for the injected sidecar only when Istio runs with its CNI plugin (no
+/// `istio-init` with `NET_ADMIN`), and the pod-level `seccompProfile` below covers the injected
+/// containers: see `docs/deploy-gke.md`.
+pub(crate) fn namespace(opts: &RenderOptions) -> Result<DynamicObject, RenderError> {
+    let mut l = labels(&opts.namespace, SYSTEM_NAME, "namespace");
+    l.insert("istio-injection".into(), "enabled".into());
+    for mode in ["enforce", "warn", "audit"] {
+        l.insert(
+            format!("pod-security.kubernetes.io/{mode}"),
+            "restricted".into(),
+        );
+        l.insert(
+            format!("pod-security.kubernetes.io/{mode}-version"),
+            "latest".into(),
+        );
+    }
+    typed(&Namespace {
+        metadata: meta(&opts.namespace, None, l),
+        ..Namespace::default()
+    })
+}
+
+/// The service's identity: its SPIFFE ID is `spiffe://<td>/ns/<ns>/sa/<name>`. No token is
+/// mounted (the services never call the Kubernetes API; Istio's sidecar gets its own projected
+/// token), and no Role is bound to it.
+pub(crate) fn service_account(
+    s: &MeshService,
+    opts: &RenderOptions,
+) -> Result<DynamicObject, RenderError> {
+    typed(&ServiceAccount {
+        metadata: meta(
+            &s.service_account,
+            Some(&opts.namespace),
+            labels(&opts.namespace, &s.name, WORKLOAD),
+        ),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    })
+}
+
+fn selector_labels(service: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(NAME_KEY.to_owned(), service.to_owned())])
+}
+
+/// ClusterIP Service on the service's port, named `http` with `appProtocol: http` so Istio
+/// handles it as HTTP (the filters are HTTP filters: they would not run on opaque TCP).
+pub(crate) fn service(s: &MeshService, opts: &RenderOptions) -> Result<DynamicObject, RenderError> {
+    typed(&Service {
+        metadata: meta(
+            &s.name,
+            Some(&opts.namespace),
+            labels(&opts.namespace, &s.name, WORKLOAD),
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(&s.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: i32::from(s.port),
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                app_protocol: Some("http".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+fn quantities(items: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+        .collect()
+}
+
+/// Whether this service gets the GPU.
+fn wants_gpu(s: &MeshService, opts: &RenderOptions) -> bool {
+    opts.gpu_enabled && s.name == PAYMENT_SERVICE
+}
+
+/// CPU and memory for every service; payment-service also gets one GPU. Requests are what the
+/// HPA's CPU utilization is measured against (75 % of 250m ≈ 190m per order-service pod).
+fn resources(gpu: bool) -> ResourceRequirements {
+    if gpu {
+        // Extended resources cannot be overcommitted: request and limit must be equal.
+        ResourceRequirements {
+            requests: Some(quantities(&[
+                ("cpu", "500m"),
+                ("memory", "512Mi"),
+                (GPU_RESOURCE, "1"),
+            ])),
+            limits: Some(quantities(&[
+                ("cpu", "2"),
+                ("memory", "1Gi"),
+                (GPU_RESOURCE, "1"),
+            ])),
+            ..ResourceRequirements::default()
+        }
+    } else {
+        ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "250m"), ("memory", "128Mi")])),
+            limits: Some(quantities(&[("cpu", "1"), ("memory", "256Mi")])),
+            ..ResourceRequirements::default()
+        }
+    }
+}
+
+fn requirement(key: &str, operator: &str, values: &[&str]) -> NodeSelectorRequirement {
+    NodeSelectorRequirement {
+        key: key.to_owned(),
+        operator: operator.to_owned(),
+        values: (!values.is_empty()).then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+    }
+}
+
+/// Required node affinity: GPU pods only on GPU nodes, every other pod never on one (GPU nodes
+/// are scarce and expensive; the taint keeps most pods off them, this keeps off the rest, e.g.
+/// anything that tolerates every taint).
+fn affinity(profile: Profile, gpu: bool) -> Affinity {
+    let req = match (profile, gpu) {
+        (Profile::Local, true) => requirement(LOCAL_GPU_LABEL.0, "In", &[LOCAL_GPU_LABEL.1]),
+        (Profile::Local, false) => requirement(LOCAL_GPU_LABEL.0, "NotIn", &[LOCAL_GPU_LABEL.1]),
+        (Profile::Gke, true) => requirement(GKE_ACCELERATOR_LABEL, "Exists", &[]),
+        (Profile::Gke, false) => requirement(GKE_ACCELERATOR_LABEL, "DoesNotExist", &[]),
+    };
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![req]),
+                    ..NodeSelectorTerm::default()
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+/// `proxy.istio.io/config` for the pods:
+/// - `proxyStatsMatcher` keeps the filters' stats (Istio trims Envoy's stats to a default set);
+/// - `BOOTSTRAP_XDS_AGENT` makes the agent take its bootstrap from istiod, which is what applies
+///   the `EnvoyFilter` `BOOTSTRAP` patch carrying the `stats_tags`;
+/// - `holdApplicationUntilProxyStarts` so a service's first outbound call does not race the sidecar.
+///
+/// No `prometheus.io/*` annotations: with Istio's default metrics merging the injector sets them
+/// to the agent's merged endpoint (`:15020/stats/prometheus`).
+pub(crate) fn proxy_config() -> String {
+    json!({
+        "holdApplicationUntilProxyStarts": true,
+        "proxyMetadata": {"BOOTSTRAP_XDS_AGENT": "true"},
+        "proxyStatsMatcher": {"inclusionPrefixes": [ENVOY_STAT_PREFIX]},
+    })
+    .to_string()
+}
+
+fn http_probe(path: &str, port: u16, period: i32, failure: i32) -> Probe {
+    // Istio rewrites HTTP probes to go through the agent on :15020, so they work under STRICT
+    // mTLS and never pass through the inbound filters (kubelet has no mesh identity).
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(i32::from(port)),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failure),
+        ..Probe::default()
+    }
+}
+
+/// Environment variable naming a callee's URL, e.g. `ORDER_SERVICE_URL`.
+fn url_var(service: &str) -> String {
+    format!("{}_URL", service.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// The Deployment of a service.
+pub(crate) fn deployment(
+    mesh: &Mesh,
+    s: &MeshService,
+    opts: &RenderOptions,
+) -> Result<DynamicObject, RenderError> {
+    let image = opts.image_for(&s.name).ok_or_else(|| RenderError::Object {
+        kind: "Deployment".into(),
+        name: s.name.clone(),
+        message: "no image option for this service".into(),
+    })?;
+    let gpu = wants_gpu(s, opts);
+    // Callees are reached over plain HTTP: the sidecar upgrades the connection to mutual TLS
+    // with the caller's mesh identity, which is what the callee's authorization filter checks.
+    // (An app that spoke TLS itself would hide the requests from the HTTP filters.)
+    let mut env = Vec::new();
+    for rule in mesh.callees_of(&s.name) {
+        let callee = mesh.service(&rule.to)?;
+        let var = url_var(&callee.name);
+        if env.iter().any(|e: &EnvVar| e.name == var) {
+            continue;
+        }
+        env.push(EnvVar {
+            name: var,
+            value: Some(format!(
+                "http://{}.{}.svc.cluster.local:{}",
+                callee.name, opts.namespace, callee.port
+            )),
+            ..EnvVar::default()
+        });
+    }
+    let container = Container {
+        name: s.name.clone(),
+        image: Some(image.to_owned()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(s.port),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: (!env.is_empty()).then_some(env),
+        resources: Some(resources(gpu)),
+        readiness_probe: Some(http_probe(&opts.health_path, s.port, 10, 3)),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(10),
+            ..http_probe(&opts.health_path, s.port, 20, 3)
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let mut pod_labels = labels(&opts.namespace, &s.name, WORKLOAD);
+    // Per-pod injection label: the sidecar is injected even into a namespace meshctl did not label.
+    pod_labels.insert("sidecar.istio.io/inject".into(), "true".into());
+    let mut pod_meta = meta(&s.name, None, pod_labels);
+    pod_meta.name = None;
+    pod_meta.annotations = Some(BTreeMap::from([(
+        "proxy.istio.io/config".to_owned(),
+        proxy_config(),
+    )]));
+    let pod = PodSpec {
+        service_account_name: Some(s.service_account.clone()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(POD_RUN_AS_USER),
+            run_as_group: Some(POD_RUN_AS_USER),
+            // Pod-level, so it also covers the containers Istio injects.
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        affinity: Some(affinity(opts.profile, gpu)),
+        tolerations: gpu.then(|| {
+            vec![Toleration {
+                key: Some(GPU_TAINT_KEY.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Toleration::default()
+            }]
+        }),
+        containers: vec![container],
+        volumes: Some(vec![Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("64Mi".into())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+    // A GPU pod cannot surge: with one GPU free, the new pod would wait forever for a second one
+    // while the old one holds the first. Replace in place instead. Other services surge one pod
+    // and keep the old one serving until the new one is ready.
+    let rolling = if gpu {
+        RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(0)),
+            max_unavailable: Some(IntOrString::Int(1)),
+        }
+    } else {
+        RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        }
+    };
+    // Autoscaled Deployments leave `replicas` to their autoscaler: applying a number on every
+    // install would undo its decisions.
+    let autoscaled = crate::autoscaling::is_autoscaled(mesh, &s.name);
+    typed(&Deployment {
+        metadata: meta(
+            &s.name,
+            Some(&opts.namespace),
+            labels(&opts.namespace, &s.name, WORKLOAD),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas: (!autoscaled).then_some(1),
+            revision_history_limit: Some(5),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&s.name)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(rolling),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
+
+/// `maxUnavailable: 1`, not `minAvailable: 1`: with one replica (the minimum of every service),
+/// `minAvailable: 1` forbids every eviction, so `kubectl drain` and node-pool upgrades hang on the
+/// node. `maxUnavailable: 1` lets the drain move a single pod while still stopping it from taking
+/// down more than one replica at a time once the autoscalers have added some. `AlwaysAllow` lets
+/// a drain evict pods that are not ready anyway.
+pub(crate) fn pod_disruption_budget(
+    s: &MeshService,
+    opts: &RenderOptions,
+) -> Result<DynamicObject, RenderError> {
+    typed(&PodDisruptionBudget {
+        metadata: meta(
+            &s.name,
+            Some(&opts.namespace),
+            labels(&opts.namespace, &s.name, WORKLOAD),
+        ),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&s.name)),
+                ..LabelSelector::default()
+            }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
