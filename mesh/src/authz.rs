@@ -96,7 +96,7 @@ pub enum Decision<'p> {
     },
     Deny {
         reason: DenyReason,
-        /// The caller's service name when the identity is in the policy, for labels.
+        /// The caller's service name when its identity is known to the mesh, for labels.
         source: Option<&'p str>,
     },
 }
@@ -121,6 +121,7 @@ pub struct Authorizer {
     mode: Mode,
     log_level: LogLevel,
     callers: HashMap<String, Caller>,
+    known_peers: HashMap<String, String>,
 }
 
 impl Authorizer {
@@ -146,6 +147,7 @@ impl Authorizer {
             mode: config.mode,
             log_level: config.log_level,
             callers,
+            known_peers: config.known_peers.into_iter().collect(),
         })
     }
 
@@ -196,7 +198,7 @@ impl Authorizer {
         let Some(caller) = self.callers.get(id) else {
             return Decision::Deny {
                 reason: DenyReason::UnknownPeer,
-                source: None,
+                source: self.known_peers.get(id).map(String::as_str),
             };
         };
         let source = Some(caller.service.as_str());

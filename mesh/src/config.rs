@@ -92,6 +92,10 @@ pub struct AuthzConfig {
     pub log_level: LogLevel,
     /// The callers admitted. Anything not listed is denied.
     pub allow: Vec<AllowEntry>,
+    /// Other identities of the mesh and their service names: never admitted, but named in logs
+    /// and in the `source` label of denials, so a denied call from a known service says who.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub known_peers: BTreeMap<String, String>,
 }
 
 /// Configuration of the request metrics filter for one workload.
@@ -211,6 +215,23 @@ impl AuthzConfig {
                 }
             }
         }
+        if self.known_peers.len() > MAX_ALLOW_ENTRIES {
+            return Err(ConfigError::new(
+                "known_peers",
+                format!("at most {MAX_ALLOW_ENTRIES} known peers allowed"),
+            ));
+        }
+        for (id, service) in &self.known_peers {
+            let field = format!("known_peers.{id}");
+            SpiffeId::parse(id).map_err(|e| ConfigError::new(field.as_str(), e.to_string()))?;
+            check_service_name(&field, service)?;
+            if let Some(i) = seen.get(id.as_str()) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("identity is admitted by allow[{i}]; list it in one place only"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -274,6 +295,7 @@ mod tests {
     #[test]
     fn defaults_are_enforce_and_info() {
         let cfg = AuthzConfig::from_json(br#"{"workload":"a","allow":[]}"#).unwrap();
+        assert!(cfg.known_peers.is_empty());
         assert_eq!(cfg.mode, Mode::Enforce);
         assert_eq!(cfg.log_level, LogLevel::Info);
     }
@@ -324,6 +346,25 @@ mod tests {
                 r#"{"workload":"a","allow":[{"from":"spiffe://t/ns/n/sa/b","service":"b","x":1}]}"#
             ),
             "allow[0].x"
+        );
+    }
+
+    #[test]
+    fn known_peers_are_checked_and_never_overlap_allow() {
+        let ok = AuthzConfig::from_json(
+            br#"{"workload":"a","allow":[],"known_peers":{"spiffe://t/ns/n/sa/b":"b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.known_peers.len(), 1);
+        assert_eq!(
+            field_of(r#"{"workload":"a","allow":[],"known_peers":{"x":"b"}}"#),
+            "known_peers.x"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"workload":"a","allow":[{"from":"spiffe://t/ns/n/sa/b","service":"b"}],"known_peers":{"spiffe://t/ns/n/sa/b":"b"}}"#
+            ),
+            "known_peers.spiffe://t/ns/n/sa/b"
         );
     }
 

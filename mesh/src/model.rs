@@ -193,11 +193,19 @@ impl Mesh {
                 });
             }
         }
+        let mut known_peers = BTreeMap::new();
+        for s in &self.services {
+            let id = self.identity(&s.name)?.to_string();
+            if !allow.iter().any(|e| e.from == id) {
+                known_peers.insert(id, s.name.clone());
+            }
+        }
         Ok(AuthzConfig {
             workload: name.to_owned(),
             mode,
             log_level,
             allow,
+            known_peers,
         })
     }
 
@@ -290,7 +298,7 @@ mod tests {
             payment.decide(&facts(user)),
             Decision::Deny {
                 reason: DenyReason::UnknownPeer,
-                source: None
+                source: Some(USER_SERVICE)
             }
         );
     }

@@ -96,9 +96,10 @@ fn denies_a_caller_the_policy_does_not_name() -> R {
         &user.http_request(&from_service("order-service", "GET", "/"))?,
         "unknown_peer",
     );
+    // A denied service of the mesh is named in the denial metric (and the log).
     assert_eq!(
         order.counter(
-            "meshguard_denials_total.source=unknown.destination=order-service.reason=unknown_peer.mode=enforce"
+            "meshguard_denials_total.source=payment-service.destination=order-service.reason=unknown_peer.mode=enforce"
         ),
         Some(1)
     );
@@ -115,6 +116,13 @@ fn identity_from_another_namespace_or_trust_domain_is_unknown() -> R {
         let req = RequestSpec::get("/orders").properties(Properties::new().mtls_peer(id));
         assert_denied(&h.http_request(&req)?, "unknown_peer");
     }
+    // Identities outside the mesh are counted as `unknown`: label values stay a closed set.
+    assert_eq!(
+        h.counter(
+            "meshguard_denials_total.source=unknown.destination=order-service.reason=unknown_peer.mode=enforce"
+        ),
+        Some(2)
+    );
     Ok(())
 }
 
@@ -206,22 +214,32 @@ fn narrows_by_method_and_path() -> R {
 
 #[test]
 fn dry_run_logs_and_counts_but_lets_requests_through() -> R {
-    let mut h = host(AUTHZ, &narrowed_config("dry_run"))?;
+    let mut h = host(AUTHZ, &authz_config("order-service", Mode::DryRun)?)?;
     let out = h.http_request(&from_service("payment-service", "DELETE", "/orders"))?;
     assert!(out.local_response.is_none());
     assert!(out.forwarded_upstream);
     assert_eq!(out.status(), Some(200));
     assert!(
-        out.logs
-            .iter()
-            .any(|l| l.message.contains("deny reason=unknown_peer")
-                && l.message.contains("mode=dry_run")),
+        out.logs.iter().any(|l| l
+            .message
+            .contains("deny reason=unknown_peer source=payment-service")
+            && l.message.contains("mode=dry_run")),
         "{:?}",
         out.logs
     );
     assert_eq!(
         h.counter(
-            "meshguard_denials_total.source=unknown.destination=order-service.reason=unknown_peer.mode=dry_run"
+            "meshguard_denials_total.source=payment-service.destination=order-service.reason=unknown_peer.mode=dry_run"
+        ),
+        Some(1)
+    );
+    // The narrowed policy in dry-run: a wrong path is let through too, and counted.
+    let mut narrowed = host(AUTHZ, &narrowed_config("dry_run"))?;
+    let out = narrowed.http_request(&from_service("user-service", "GET", "/admin"))?;
+    assert!(out.forwarded_upstream);
+    assert_eq!(
+        narrowed.counter(
+            "meshguard_denials_total.source=user-service.destination=order-service.reason=path_not_allowed.mode=dry_run"
         ),
         Some(1)
     );
