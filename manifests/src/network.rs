@@ -87,8 +87,8 @@ fn policy(
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(pod_selector),
             policy_types: Some(types),
-            ingress,
-            egress,
+            ingress: ingress.filter(|r| !r.is_empty()),
+            egress: egress.filter(|r| !r.is_empty()),
         }),
     })
 }

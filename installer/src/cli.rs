@@ -1,0 +1,703 @@
+//! The command line: commands, flags, their help, and how flags become [`RenderOptions`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use meshguard_manifests::{Profile, RenderOptions};
+use meshguard_mesh::{LogLevel, Mode};
+
+/// The namespace meshctl installs into unless `--namespace` says otherwise.
+pub const DEFAULT_NAMESPACE: &str = "meshguard";
+/// How long `--wait` waits unless `--timeout` says otherwise.
+pub const DEFAULT_TIMEOUT: &str = "5m";
+
+const LONG_ABOUT: &str = "\
+meshctl installs meshguard on a Kubernetes cluster running Istio: three services \
+(user-service -> order-service -> payment-service) whose sidecars enforce service-identity \
+authorization and export request metrics through two Proxy-Wasm filters.
+
+What `install` puts into the cluster, all in one namespace (default `meshguard`) except the \
+Namespace itself:
+  - the Namespace (Istio sidecar injection on, Pod Security `restricted`)
+  - one ServiceAccount per service (no API token mounted, no Role)
+  - Istio PeerAuthentication: mTLS STRICT for the namespace
+  - NetworkPolicies: default deny, plus only the calls of the call graph, DNS, istiod,
+    Wasm module fetch and Prometheus scraping
+  - an Istio EnvoyFilter adding the metric labels, and two Istio WasmPlugins per service
+    (identity authorization, fail-closed; request metrics)
+  - per service a Service, a Deployment and a PodDisruptionBudget; payment-service runs only
+    on GPU nodes, the others never do
+  - a HorizontalPodAutoscaler for order-service (CPU 75 %, 1..10 replicas) and a KEDA
+    ScaledObject for user-service (order-service's CPU via Prometheus, 1..4 replicas)
+
+Every object carries the labels app.kubernetes.io/managed-by=meshctl,
+app.kubernetes.io/part-of=meshguard and app.kubernetes.io/instance=<namespace>; `uninstall`
+deletes exactly the objects carrying them and nothing else.
+
+The cluster is chosen like kubectl does: --kubeconfig, else $KUBECONFIG, else ~/.kube/config,
+else the in-cluster service account; --context picks a context of that kubeconfig.
+
+Progress goes to stderr, data (YAML, tables) to stdout. Exit status: 0 success, 1 failure,
+2 bad command line.";
+
+const EXAMPLES: &str = "\
+Examples:
+  # See everything that would be installed, without a cluster
+  meshctl render > meshguard.yaml
+
+  # Check the cluster, then install with your published filter modules
+  meshctl preflight --authz-module oci://ghcr.io/acme/meshguard-authz:0.1.0 \\
+                    --metrics-module oci://ghcr.io/acme/meshguard-metrics:0.1.0
+  meshctl install --authz-module oci://ghcr.io/acme/meshguard-authz:0.1.0 \\
+                  --metrics-module oci://ghcr.io/acme/meshguard-metrics:0.1.0 --profile gke
+
+  # What is installed, and is it healthy?
+  meshctl status
+
+  # Remove everything meshctl installed in namespace `meshguard`
+  meshctl uninstall
+
+Full reference: docs/meshctl.md";
+
+/// meshctl: installs meshguard (services, mTLS, Wasm authorization and metrics filters,
+/// autoscalers, GPU scheduling) on a Kubernetes cluster with Istio.
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshctl",
+    version,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts, before or after the command name.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Target")]
+pub struct GlobalArgs {
+    /// Namespace to install into, inspect or uninstall from. Every namespaced object goes
+    /// there, and uninstall only removes objects labelled with this instance.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        value_name = "NAME",
+        default_value = DEFAULT_NAMESPACE,
+        value_parser = parse_namespace
+    )]
+    pub namespace: String,
+
+    /// Kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config, else the in-cluster
+    /// service account). Not used by `render`.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use (default: the kubeconfig's current context). Not used by
+    /// `render`.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the cluster, then create or update every meshguard object (server-side apply).
+    #[command(long_about = INSTALL_ABOUT, after_help = INSTALL_EXAMPLES)]
+    Install(InstallArgs),
+    /// Delete every object meshctl installed in the namespace, and the namespace if it holds
+    /// nothing else.
+    #[command(long_about = UNINSTALL_ABOUT, after_help = UNINSTALL_EXAMPLES)]
+    Uninstall(UninstallArgs),
+    /// Show, for every object meshctl would install, whether it is present, missing or drifted,
+    /// and how the workloads and autoscalers are doing.
+    #[command(long_about = STATUS_ABOUT, after_help = STATUS_EXAMPLES)]
+    Status(StatusArgs),
+    /// Print every object `install` would apply, as YAML, without contacting a cluster.
+    #[command(long_about = RENDER_ABOUT, after_help = RENDER_EXAMPLES)]
+    Render(RenderCmdArgs),
+    /// Run install's cluster checks only (CRDs, metrics API, GPU nodes, Istio, module URLs)
+    /// and report every problem with its fix. Changes nothing.
+    #[command(long_about = PREFLIGHT_ABOUT, after_help = PREFLIGHT_EXAMPLES)]
+    Preflight(PreflightArgs),
+}
+
+const INSTALL_ABOUT: &str = "\
+Creates or updates every meshguard object in the cluster, in dependency order: the namespace \
+and identities first, then mTLS, network policies and the Wasm filters, and only then the \
+workloads and their autoscalers, so no pod ever serves without its policy.
+
+Steps:
+  1. Render the objects from the flags (same as `meshctl render`); refuse placeholder Wasm
+     module URLs (the default ones) before contacting the cluster.
+  2. Preflight (skip with --skip-preflight): the API server answers; the Istio and KEDA CRDs
+     the objects need are established; the metrics API (metrics-server) is registered for the
+     HPA; a node can run each Deployment (payment-service needs a node with allocatable
+     nvidia.com/gpu); istiod runs (warning only). Every problem is reported at once, with
+     its fix.
+  3. Server-side apply of each object with field manager `meshctl`, taking ownership of the
+     fields meshctl sets even if someone changed them by hand (force): an install always
+     converges to what the flags say. Fields meshctl does not set (like replicas of autoscaled
+     Deployments) are left alone. Each object is reported as created, configured or
+     unchanged; running install twice changes nothing the second time.
+  4. With --wait, wait until every Deployment is available.
+
+What it touches: only the objects listed by `meshctl render`, all labelled
+app.kubernetes.io/managed-by=meshctl. An existing namespace of the same name is labelled as
+meshctl's.
+
+With --dry-run=server the API server validates and admits every object (schemas, admission
+webhooks) but stores nothing.";
+
+const INSTALL_EXAMPLES: &str = "\
+Examples:
+  meshctl install --authz-module oci://ghcr.io/acme/meshguard-authz:0.1.0 \\
+                  --metrics-module oci://ghcr.io/acme/meshguard-metrics:0.1.0
+
+  # GKE GPU node pool, images from your registry, wait for the rollout
+  meshctl install --profile gke --user-image europe-docker.pkg.dev/acme/svc/user:1.4 \\
+                  --authz-module oci://... --metrics-module oci://... --wait --timeout 10m
+
+  # Observe what the authorization filter would deny without denying anything
+  meshctl install --mode dry-run --authz-module oci://... --metrics-module oci://...
+
+  # Let the API server validate everything without changing the cluster
+  meshctl install --dry-run=server --authz-module oci://... --metrics-module oci://...";
+
+const UNINSTALL_ABOUT: &str = "\
+Deletes every object in the cluster that carries meshctl's ownership labels for this \
+namespace (app.kubernetes.io/managed-by=meshctl, app.kubernetes.io/part-of=meshguard, \
+app.kubernetes.io/instance=<namespace>), in reverse install order: autoscalers and workloads \
+first, mTLS and network policies after them. Objects of every kind the API server serves are \
+searched, so objects a previous meshctl version installed are removed too.
+
+Objects without those labels are never touched. The namespace is deleted last, and only if it \
+carries meshctl's labels and holds nothing meshctl did not create (ignoring what Kubernetes and \
+Istio put in every namespace, such as the kube-root-ca.crt ConfigMap, and objects owned by \
+meshctl's objects, such as ReplicaSets and Pods). Otherwise it is kept and the objects \
+keeping it are listed; --delete-namespace deletes it anyway, with everything in it.
+
+Uninstall does not need the flags install was given. With --dry-run=server nothing is \
+deleted: the API server checks each deletion (permissions, admission) and meshctl lists what \
+would go.";
+
+const UNINSTALL_EXAMPLES: &str = "\
+Examples:
+  meshctl uninstall
+  meshctl uninstall --namespace shop-staging --dry-run=server
+  meshctl uninstall --delete-namespace --wait";
+
+const STATUS_ABOUT: &str = "\
+For every object `install` would apply with these flags, shows whether it is present, missing, \
+or drifted (present, but its labels or the fields meshctl sets differ from what install would \
+write, e.g. an image changed by hand), and the health of what runs:
+  - Deployment: ready/desired replicas
+  - HorizontalPodAutoscaler: current/desired replicas
+  - ScaledObject: KEDA's Ready condition
+
+Pass the same flags as to install (images, modules, profile...), or drift is reported for the \
+differences. The table goes to stdout (--output json for scripts). Read-only. Exits 1 if any \
+object is missing or drifted, 0 otherwise.";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  meshctl status
+  meshctl status --namespace shop-staging --output json | jq '.objects[] | select(.state != \"present\")'";
+
+const RENDER_ABOUT: &str = "\
+Prints every object `install` would apply, in apply order, as one multi-document YAML stream on \
+stdout. Needs no cluster and no kubeconfig: use it to review, diff or commit the manifests, or \
+to feed another tool (kubectl apply --server-side -f -, GitOps). Placeholder Wasm module URLs \
+are allowed here; `install` refuses them.";
+
+const RENDER_EXAMPLES: &str = "\
+Examples:
+  meshctl render > meshguard.yaml
+  meshctl render --profile gke --mode dry-run | kubectl diff --server-side -f -";
+
+const PREFLIGHT_ABOUT: &str = "\
+Runs the checks `install` runs before applying anything, and prints each problem with how to \
+fix it. Errors (install would refuse): API server unreachable, a needed CRD missing or not \
+established (WasmPlugin, PeerAuthentication, EnvoyFilter from Istio; ScaledObject from KEDA; \
+PodMonitor with --pod-monitor), the metrics API (v1beta1.metrics.k8s.io) not registered, no \
+node that can run a Deployment (payment-service needs allocatable nvidia.com/gpu on a node \
+matching --profile), placeholder Wasm module URLs, the namespace being deleted. Warnings: \
+istiod not found, the metrics API registered but unavailable, existing objects that meshctl \
+did not create and would take over. Read-only; exits 1 if there is any error.";
+
+const PREFLIGHT_EXAMPLES: &str = "\
+Examples:
+  meshctl preflight --authz-module oci://ghcr.io/acme/meshguard-authz:0.1.0 \\
+                    --metrics-module oci://ghcr.io/acme/meshguard-metrics:0.1.0 --profile gke";
+
+/// `--dry-run` of install and uninstall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DryRun {
+    /// Change the cluster.
+    #[default]
+    None,
+    /// Send every request with dryRun=All: the API server validates and admits, but stores
+    /// nothing. (For a client-side dry run, use `meshctl render`.)
+    Server,
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Deny requests from callers the call graph does not name (HTTP 403).
+    Enforce,
+    /// Log and count would-be denials, but let every request through.
+    DryRun,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Enforce => Mode::Enforce,
+            ModeArg::DryRun => Mode::DryRun,
+        }
+    }
+}
+
+/// `--log-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevelArg {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl From<LogLevelArg> for LogLevel {
+    fn from(l: LogLevelArg) -> Self {
+        match l {
+            LogLevelArg::Trace => LogLevel::Trace,
+            LogLevelArg::Debug => LogLevel::Debug,
+            LogLevelArg::Info => LogLevel::Info,
+            LogLevelArg::Warn => LogLevel::Warn,
+            LogLevelArg::Error => LogLevel::Error,
+        }
+    }
+}
+
+/// `--profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileArg {
+    /// GPU nodes labelled gpu=true (and tainted nvidia.com/gpu=present:NoSchedule).
+    Local,
+    /// GKE GPU node pools (label cloud.google.com/gke-accelerator, taint nvidia.com/gpu).
+    Gke,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Local => Profile::Local,
+            ProfileArg::Gke => Profile::Gke,
+        }
+    }
+}
+
+/// `status --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table.
+    #[default]
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// What the objects look like: the flags `install`, `status`, `render` and `preflight` share.
+/// Defaults are those of [`RenderOptions::new`].
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "What to install")]
+pub struct RenderArgs {
+    /// Where the cluster runs; decides how payment-service finds GPU nodes.
+    #[arg(long, value_enum, default_value = "local")]
+    pub profile: ProfileArg,
+
+    /// Image of user-service [default: the seed's us-west1-docker.pkg.dev/.../user-service:latest].
+    #[arg(long, value_name = "IMAGE")]
+    pub user_image: Option<String>,
+
+    /// Image of order-service [default: the seed's .../order-service:latest].
+    #[arg(long, value_name = "IMAGE")]
+    pub order_image: Option<String>,
+
+    /// Image of payment-service [default: the seed's .../payment-service:latest].
+    #[arg(long, value_name = "IMAGE")]
+    pub payment_image: Option<String>,
+
+    /// Where the sidecars fetch the authorization filter (oci://, https://, http:// or
+    /// file:// URL). The default is a placeholder on registry.invalid, which install refuses:
+    /// publish the filter first (docs/meshctl.md, "Publishing the filters").
+    #[arg(long, value_name = "URL")]
+    pub authz_module: Option<String>,
+
+    /// Where the sidecars fetch the request metrics filter (same rules as --authz-module).
+    #[arg(long, value_name = "URL")]
+    pub metrics_module: Option<String>,
+
+    /// SHA-256 of the authorization module (64 hex digits); Istio refuses a module that does
+    /// not match. Recommended for https:// URLs.
+    #[arg(long, value_name = "HEX")]
+    pub authz_module_sha256: Option<String>,
+
+    /// SHA-256 of the metrics module.
+    #[arg(long, value_name = "HEX")]
+    pub metrics_module_sha256: Option<String>,
+
+    /// Secret (kubernetes.io/dockerconfigjson, in the namespace) the sidecars use to pull
+    /// oci:// modules from a private registry. meshctl does not create it.
+    #[arg(long, value_name = "SECRET")]
+    pub module_pull_secret: Option<String>,
+
+    /// CIDR the sidecars may reach to fetch the modules (repeatable) [default: 0.0.0.0/0].
+    /// Narrow it to your registry's addresses.
+    #[arg(
+        long = "module-fetch-cidr",
+        value_name = "CIDR",
+        conflicts_with = "no_module_fetch_egress"
+    )]
+    pub module_fetch_cidrs: Vec<String>,
+
+    /// Render no egress rule for module fetching (for file:// modules, or a registry reachable
+    /// through other rules).
+    #[arg(long)]
+    pub no_module_fetch_egress: bool,
+
+    /// Prometheus that KEDA queries for order-service's CPU [default: kube-prometheus-stack's
+    /// http://monitoring-kube-prometheus-prometheus.monitoring.svc.cluster.local:9090].
+    #[arg(long, value_name = "URL")]
+    pub prometheus_address: Option<String>,
+
+    /// Namespace Prometheus runs in: the only one allowed to scrape the sidecars.
+    #[arg(long, value_name = "NAME", default_value = meshguard_manifests::DEFAULT_MONITORING_NAMESPACE)]
+    pub monitoring_namespace: String,
+
+    /// Also install a Prometheus Operator PodMonitor for the sidecars' stats (needs the
+    /// podmonitors.monitoring.coreos.com CRD).
+    #[arg(long)]
+    pub pod_monitor: bool,
+
+    /// What the authorization filter does with a request from a caller the call graph does
+    /// not allow.
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub mode: ModeArg,
+
+    /// The filters' log level (in the sidecars' logs).
+    #[arg(long, value_enum, default_value = "info")]
+    pub log_level: LogLevelArg,
+
+    /// HTTP path of the services' readiness and liveness probes.
+    #[arg(long, value_name = "PATH", default_value = meshguard_manifests::DEFAULT_HEALTH_PATH)]
+    pub health_path: String,
+
+    /// KEDA: CPU cores of order-service per user-service replica.
+    #[arg(long, value_name = "CORES", default_value = meshguard_manifests::DEFAULT_KEDA_CPU_THRESHOLD)]
+    pub keda_cpu_threshold: String,
+
+    /// KEDA: order-service CPU (cores) above which user-service is active.
+    #[arg(long, value_name = "CORES", default_value = meshguard_manifests::DEFAULT_KEDA_CPU_ACTIVATION_THRESHOLD)]
+    pub keda_cpu_activation_threshold: String,
+
+    /// KEDA: also scale user-service on the request rate into order-service (requests per
+    /// second per user-service replica, from the metrics filter).
+    #[arg(long, value_name = "RPS")]
+    pub request_rate_threshold: Option<String>,
+
+    /// Run payment-service without a GPU (no nvidia.com/gpu request, no GPU node affinity),
+    /// for clusters without GPU nodes. Other services stay off GPU nodes either way.
+    #[arg(long)]
+    pub no_gpu: bool,
+}
+
+impl RenderArgs {
+    /// The render options these flags describe, for an install into `namespace`.
+    pub fn to_options(&self, namespace: &str) -> RenderOptions {
+        let mut o = RenderOptions::new(namespace);
+        o.profile = self.profile.into();
+        let set = |target: &mut String, value: &Option<String>| {
+            if let Some(v) = value {
+                target.clone_from(v);
+            }
+        };
+        set(&mut o.user_image, &self.user_image);
+        set(&mut o.order_image, &self.order_image);
+        set(&mut o.payment_image, &self.payment_image);
+        set(&mut o.authz_module_url, &self.authz_module);
+        set(&mut o.metrics_module_url, &self.metrics_module);
+        set(&mut o.prometheus_address, &self.prometheus_address);
+        o.authz_module_sha256.clone_from(&self.authz_module_sha256);
+        o.metrics_module_sha256
+            .clone_from(&self.metrics_module_sha256);
+        o.module_pull_secret.clone_from(&self.module_pull_secret);
+        if self.no_module_fetch_egress {
+            o.module_fetch_cidrs.clear();
+        } else if !self.module_fetch_cidrs.is_empty() {
+            o.module_fetch_cidrs.clone_from(&self.module_fetch_cidrs);
+        }
+        o.monitoring_namespace
+            .clone_from(&self.monitoring_namespace);
+        o.pod_monitor = self.pod_monitor;
+        o.authz_mode = self.mode.into();
+        o.log_level = self.log_level.into();
+        o.health_path.clone_from(&self.health_path);
+        o.keda_cpu_threshold.clone_from(&self.keda_cpu_threshold);
+        o.keda_cpu_activation_threshold
+            .clone_from(&self.keda_cpu_activation_threshold);
+        o.request_rate_threshold
+            .clone_from(&self.request_rate_threshold);
+        o.gpu_enabled = !self.no_gpu;
+        o
+    }
+}
+
+/// Cluster connection flags, from [`GlobalArgs`].
+impl GlobalArgs {
+    /// Which cluster to talk to.
+    pub fn target(&self) -> crate::client::ClusterTarget {
+        crate::client::ClusterTarget {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+/// `meshctl install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// `server`: the API server validates and admits every object but stores nothing.
+    /// `--dry-run` alone means `server`.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value = "none",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "server"
+    )]
+    pub dry_run: DryRun,
+
+    /// Skip the cluster checks (CRDs, metrics API, GPU nodes, istiod). Placeholder module URLs
+    /// are refused regardless. For clusters where a check cannot see what exists, e.g. a GPU
+    /// node pool that scales up from zero.
+    #[arg(long)]
+    pub skip_preflight: bool,
+
+    /// After applying, wait until every Deployment is available (needs a running cluster:
+    /// nodes, the images, the Wasm modules reachable).
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits, e.g. 90s, 5m, 1h.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub render: RenderArgs,
+}
+
+/// `meshctl uninstall`.
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    /// `server`: the API server checks each deletion but deletes nothing.
+    /// `--dry-run` alone means `server`.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value = "none",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "server"
+    )]
+    pub dry_run: DryRun,
+
+    /// Delete the namespace even if it holds objects meshctl did not create (they are deleted
+    /// with it). Never deletes a namespace without meshctl's labels.
+    #[arg(long)]
+    pub delete_namespace: bool,
+
+    /// Wait until every deleted object (and the namespace, if deleted) is gone.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits, e.g. 90s, 5m.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `meshctl status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub render: RenderArgs,
+}
+
+/// `meshctl render`.
+#[derive(Debug, Clone, Args)]
+pub struct RenderCmdArgs {
+    #[command(flatten)]
+    pub render: RenderArgs,
+}
+
+/// `meshctl preflight`.
+#[derive(Debug, Clone, Args)]
+pub struct PreflightArgs {
+    #[command(flatten)]
+    pub render: RenderArgs,
+}
+
+/// A Kubernetes namespace name: a DNS-1123 label.
+pub fn parse_namespace(s: &str) -> Result<String, String> {
+    meshguard_mesh::identity::validate_dns_label(s)
+        .map(|()| s.to_owned())
+        .map_err(|_| {
+            format!(
+                "`{s}` is not a valid namespace name: use at most 63 lowercase letters, digits \
+                 and '-', starting and ending with a letter or digit (e.g. `meshguard`, \
+                 `shop-staging`)"
+            )
+        })
+}
+
+/// `90s`, `5m`, `1h`, `1h30m` or plain seconds (`300`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration: use e.g. 90s, 5m, 1h or 1h30m");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !number.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        for bad in ["", "5x", "m", "5m3", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn namespaces() {
+        assert!(parse_namespace("meshguard").is_ok());
+        assert!(parse_namespace("shop-staging").is_ok());
+        for bad in ["", "Meshguard", "-a", "a-", "a_b", &"a".repeat(64)] {
+            assert!(parse_namespace(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_render_defaults() {
+        let cli = Cli::parse_from(["meshctl", "render"]);
+        let Command::Render(args) = cli.command else {
+            unreachable!("parsed `render`")
+        };
+        assert_eq!(
+            args.render.to_options(&cli.global.namespace),
+            RenderOptions::new(DEFAULT_NAMESPACE)
+        );
+    }
+
+    #[test]
+    fn flags_reach_the_options() {
+        let cli = Cli::parse_from([
+            "meshctl",
+            "install",
+            "-n",
+            "shop",
+            "--user-image",
+            "u:1",
+            "--authz-module",
+            "oci://r.example/a:1",
+            "--mode",
+            "dry-run",
+            "--log-level",
+            "debug",
+            "--profile",
+            "gke",
+            "--no-gpu",
+            "--module-fetch-cidr",
+            "10.0.0.0/8",
+            "--module-fetch-cidr",
+            "192.168.0.0/16",
+            "--dry-run=server",
+        ]);
+        let Command::Install(args) = cli.command else {
+            unreachable!("parsed `install`")
+        };
+        assert_eq!(args.dry_run, DryRun::Server);
+        let o = args.render.to_options(&cli.global.namespace);
+        assert_eq!(o.namespace, "shop");
+        assert_eq!(o.user_image, "u:1");
+        assert_eq!(o.authz_module_url, "oci://r.example/a:1");
+        assert_eq!(o.authz_mode, Mode::DryRun);
+        assert_eq!(o.log_level, LogLevel::Debug);
+        assert_eq!(o.profile, Profile::Gke);
+        assert!(!o.gpu_enabled);
+        assert_eq!(o.module_fetch_cidrs, ["10.0.0.0/8", "192.168.0.0/16"]);
+    }
+
+    #[test]
+    fn dry_run_alone_means_server() {
+        let cli = Cli::parse_from(["meshctl", "uninstall", "--dry-run"]);
+        let Command::Uninstall(args) = cli.command else {
+            unreachable!("parsed `uninstall`")
+        };
+        assert_eq!(args.dry_run, DryRun::Server);
+        assert!(Cli::try_parse_from(["meshctl", "uninstall", "--dry-run=client"]).is_err());
+    }
+}

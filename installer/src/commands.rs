@@ -1,0 +1,116 @@
+//! Each command, from parsed flags to output: data on `out` (stdout), progress on `progress`
+//! (stderr).
+
+use std::io::Write;
+
+use kube::api::DynamicObject;
+use meshguard_manifests::RenderOptions;
+use meshguard_mesh::Mesh;
+
+use crate::apply::{self, InstallOptions};
+use crate::cli::{Cli, Command, DryRun, GlobalArgs, OutputFormat, RenderArgs};
+use crate::client::Connection;
+use crate::error::Error;
+use crate::preflight;
+use crate::progress::Progress;
+use crate::status;
+use crate::uninstall::{self, UninstallOptions};
+
+/// How a command that ran to the end came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Everything as it should be: exit status 0.
+    Success,
+    /// The command worked but reports a problem (status: objects missing or drifted;
+    /// preflight: errors found): exit status 1.
+    Problems,
+}
+
+/// The render options and objects for these flags.
+pub fn render_objects(
+    namespace: &str,
+    args: &RenderArgs,
+) -> Result<(RenderOptions, Vec<DynamicObject>), Error> {
+    let opts = args.to_options(namespace);
+    let mesh = Mesh::reference(namespace).map_err(meshguard_manifests::RenderError::from)?;
+    let objects = meshguard_manifests::render(&mesh, &opts)?;
+    Ok((opts, objects))
+}
+
+/// Runs one parsed command line.
+pub async fn run(
+    cli: Cli,
+    out: &mut dyn Write,
+    progress: &mut dyn Progress,
+) -> Result<Finished, Error> {
+    let global = cli.global;
+    match cli.command {
+        Command::Render(args) => {
+            let (_, objects) = render_objects(&global.namespace, &args.render)?;
+            out.write_all(meshguard_manifests::to_yaml(&objects)?.as_bytes())?;
+            out.flush()?;
+            Ok(Finished::Success)
+        }
+        Command::Install(args) => {
+            let (opts, objects) = render_objects(&global.namespace, &args.render)?;
+            // Refuse placeholder modules before touching (or even looking for) a cluster.
+            let local = preflight::check_local(&opts);
+            if !local.is_ok() {
+                return Err(Error::Preflight(Box::new(local)));
+            }
+            let conn = connect(&global).await?;
+            let install = InstallOptions {
+                dry_run: args.dry_run == DryRun::Server,
+                skip_preflight: args.skip_preflight,
+                wait: args.wait.then_some(args.timeout),
+            };
+            apply::install(&conn, &objects, &opts, &install, progress).await?;
+            Ok(Finished::Success)
+        }
+        Command::Uninstall(args) => {
+            let conn = connect(&global).await?;
+            let opts = UninstallOptions {
+                dry_run: args.dry_run == DryRun::Server,
+                delete_namespace: args.delete_namespace,
+                wait: args.wait.then_some(args.timeout),
+            };
+            uninstall::uninstall(&conn, &global.namespace, &opts, progress).await?;
+            Ok(Finished::Success)
+        }
+        Command::Status(args) => {
+            let (_, objects) = render_objects(&global.namespace, &args.render)?;
+            let conn = connect(&global).await?;
+            let report = status::status(&conn, &objects, &global.namespace).await?;
+            match args.output {
+                OutputFormat::Table => writeln!(out, "{}", report.table())?,
+                OutputFormat::Json => {
+                    serde_json::to_writer_pretty(&mut *out, &report)
+                        .map_err(|e| Error::Output(e.into()))?;
+                    writeln!(out)?;
+                }
+            }
+            out.flush()?;
+            Ok(if report.in_sync() {
+                Finished::Success
+            } else {
+                Finished::Problems
+            })
+        }
+        Command::Preflight(args) => {
+            let (opts, objects) = render_objects(&global.namespace, &args.render)?;
+            let conn = connect(&global).await?;
+            let report = preflight::run(&conn, &objects, &opts).await?;
+            writeln!(out, "{report}")?;
+            out.flush()?;
+            Ok(if report.is_ok() {
+                Finished::Success
+            } else {
+                Finished::Problems
+            })
+        }
+    }
+}
+
+async fn connect(global: &GlobalArgs) -> Result<Connection, Error> {
+    Connection::new(&global.target()).await
+}

@@ -1,0 +1,232 @@
+//! meshctl's errors: each says what went wrong and how to fix it.
+
+use std::time::Duration;
+
+use meshguard_manifests::RenderError;
+
+use crate::client::Origin;
+use crate::preflight::PreflightReport;
+
+/// Everything that can go wrong in a meshctl command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The flags describe objects that cannot be rendered.
+    #[error("{}", render_message(.0))]
+    Render(#[from] RenderError),
+
+    /// The objects could not be written as YAML.
+    #[error("cannot write the objects as YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+
+    /// Writing the command's output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+
+    /// No usable cluster configuration.
+    #[error("cannot load the cluster configuration from {source_desc}: {message}\n  fix: {hint}")]
+    Kubeconfig {
+        source_desc: String,
+        message: String,
+        hint: String,
+    },
+
+    /// The API server did not answer.
+    #[error("cannot reach the {origin}: {message}\n  fix: {hint}")]
+    Unreachable {
+        origin: Origin,
+        message: String,
+        hint: String,
+    },
+
+    /// Preflight found errors (the report lists them with their fixes).
+    #[error("{}", preflight_message(.0))]
+    Preflight(Box<PreflightReport>),
+
+    /// The API server does not serve a kind meshguard renders.
+    #[error(
+        "the API server does not serve {kind} ({api_version}){}\n  fix: {hint}",
+        crd.as_ref().map(|c| format!(": CustomResourceDefinition {c} is not installed")).unwrap_or_default()
+    )]
+    NotServed {
+        kind: String,
+        api_version: String,
+        crd: Option<String>,
+        hint: String,
+    },
+
+    /// A request to the API server failed.
+    #[error("{action}: {message}{}", hint.as_ref().map(|h| format!("\n  fix: {h}")).unwrap_or_default())]
+    Kube {
+        action: String,
+        message: String,
+        hint: Option<String>,
+        /// HTTP status of an API error, 0 for transport errors.
+        code: u16,
+    },
+
+    /// `--wait` ran out of time.
+    #[error(
+        "timed out after {}s waiting for {what}: {}\n  fix: {hint}",
+        waited.as_secs(),
+        pending.join("; ")
+    )]
+    Timeout {
+        what: String,
+        waited: Duration,
+        pending: Vec<String>,
+        hint: String,
+    },
+}
+
+impl Error {
+    /// A failed request: `action` says what meshctl was doing ("applying Deployment
+    /// meshguard/order-service").
+    pub fn kube(action: impl Into<String>, e: &kube::Error) -> Self {
+        let code = match e {
+            kube::Error::Api(s) => s.code,
+            _ => 0,
+        };
+        Self::Kube {
+            action: action.into(),
+            message: describe_kube_error(e),
+            hint: kube_hint(e),
+            code,
+        }
+    }
+
+    /// HTTP status of an API error (0 if not one).
+    pub fn api_code(&self) -> u16 {
+        match self {
+            Self::Kube { code, .. } => *code,
+            _ => 0,
+        }
+    }
+}
+
+/// A kube error in one line: the API server's message and status, or the transport error with
+/// its causes.
+pub fn describe_kube_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => {
+            let reason = if s.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", s.reason)
+            };
+            format!("{} (HTTP {}{reason})", s.message, s.code)
+        }
+        other => {
+            let mut out = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !out.contains(&text) {
+                    out.push_str(": ");
+                    out.push_str(&text);
+                }
+                source = s.source();
+            }
+            out
+        }
+    }
+}
+
+fn kube_hint(e: &kube::Error) -> Option<String> {
+    let kube::Error::Api(s) = e else {
+        return Some(
+            "check that the API server is reachable (`kubectl cluster-info` with the same \
+             kubeconfig and context)"
+                .to_owned(),
+        );
+    };
+    if s.message.contains("being terminated") {
+        return Some(
+            "the namespace is being deleted: wait until it is gone (`kubectl wait \
+             --for=delete namespace/NAME`), then install again"
+                .to_owned(),
+        );
+    }
+    match s.code {
+        401 => Some(
+            "the API server rejected the credentials: refresh them or pick another --context"
+                .to_owned(),
+        ),
+        403 => Some(
+            "the account lacks a permission: meshctl needs get, list, create, patch and delete \
+             on every kind `meshctl render` prints (in the namespace) and on namespaces; \
+             cluster-admin has them"
+                .to_owned(),
+        ),
+        409 => Some(
+            "another client changed the object at the same time: run the command again".to_owned(),
+        ),
+        422 | 400 => Some(
+            "the API server rejected the object as invalid: check the flag values that end up \
+             in it (`meshctl render` shows the object), and that the CRD versions installed \
+             match the ones meshctl renders"
+                .to_owned(),
+        ),
+        429 | 500..=599 => Some(
+            "the API server (or an admission webhook it calls) failed: retry, and check \
+             `kubectl get validatingwebhookconfigurations,mutatingwebhookconfigurations`"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+fn render_message(e: &RenderError) -> String {
+    match e {
+        RenderError::Option { field, message } => {
+            format!("invalid {}: {message}", flag_of(field))
+        }
+        other => format!("cannot render the objects: {other}"),
+    }
+}
+
+/// The command-line flag that sets a [`meshguard_manifests::RenderOptions`] field.
+pub fn flag_of(field: &str) -> String {
+    match field {
+        "authz_module_url" => "--authz-module".to_owned(),
+        "metrics_module_url" => "--metrics-module".to_owned(),
+        "module_fetch_cidrs" => "--module-fetch-cidr".to_owned(),
+        "gpu_enabled" => "--no-gpu".to_owned(),
+        "authz_mode" => "--mode".to_owned(),
+        other => format!("--{}", other.replace('_', "-")),
+    }
+}
+
+fn preflight_message(report: &PreflightReport) -> String {
+    let errors = report.errors().count();
+    format!(
+        "preflight found {errors} problem{} that would break the install:\n{}\n(--skip-preflight \
+         skips the cluster checks, not the module URL check)",
+        if errors == 1 { "" } else { "s" },
+        report.render_problems()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_of_fields() {
+        assert_eq!(flag_of("user_image"), "--user-image");
+        assert_eq!(flag_of("authz_module_url"), "--authz-module");
+        assert_eq!(flag_of("module_fetch_cidrs"), "--module-fetch-cidr");
+        assert_eq!(flag_of("namespace"), "--namespace");
+    }
+
+    #[test]
+    fn render_errors_name_the_flag() {
+        let e = Error::Render(RenderError::Option {
+            field: "user_image".to_owned(),
+            message: "`a b` is not an image reference".to_owned(),
+        });
+        assert_eq!(
+            e.to_string(),
+            "invalid --user-image: `a b` is not an image reference"
+        );
+    }
+}

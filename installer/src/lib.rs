@@ -1,0 +1,28 @@
+//! `meshctl`: installs meshguard on a Kubernetes cluster, shows its status, removes it.
+//!
+//! The binary (`src/main.rs`) parses the command line ([`cli`]) and calls [`commands::run`];
+//! everything else is this library, so tests drive the same code:
+//!
+//! - [`client`]: the cluster connection, chosen like kubectl (`--kubeconfig`, `--context`).
+//! - [`preflight`]: what the cluster must have, as a typed [`preflight::PreflightReport`].
+//! - [`apply`]: `install`, server-side apply of every rendered object in order.
+//! - [`status`]: present / missing / drifted, with workload and autoscaler health.
+//! - [`uninstall`]: delete exactly what carries meshctl's ownership labels.
+//! - [`resources`], [`scheduling`], [`wait`], [`progress`], [`error`]: the pieces they share.
+//!
+//! The objects themselves come from `meshguard-manifests`; the model from `meshguard-mesh`.
+
+pub mod apply;
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod error;
+pub mod preflight;
+pub mod progress;
+pub mod resources;
+pub mod scheduling;
+pub mod status;
+pub mod uninstall;
+pub mod wait;
+
+pub use error::Error;

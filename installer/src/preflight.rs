@@ -1,0 +1,713 @@
+//! Preflight: does the cluster have what the objects need? Every problem is collected into a
+//! typed [`PreflightReport`], each with how to fix it, so `install` can report them all at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::ResourceExt;
+use meshguard_manifests::{kind_of, ownership_labels, required_crds, RenderOptions};
+use serde::Serialize;
+
+use crate::client::Connection;
+use crate::error::{describe_kube_error, Error};
+use crate::resources::{self, crd_fix, Resources};
+use crate::scheduling::{extended_requests, misfit, Misfit};
+
+/// The APIService the HorizontalPodAutoscaler reads CPU from (metrics-server).
+pub const METRICS_APISERVICE: &str = "v1beta1.metrics.k8s.io";
+/// Label selecting istiod's Deployment (any revision, any namespace).
+pub const ISTIOD_SELECTOR: &str = "app=istiod";
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The install would not work: `install` refuses to start.
+    Error,
+    /// Worth knowing; does not stop `install`.
+    Warning,
+}
+
+/// Which check a finding comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// The API server answers.
+    ApiServer,
+    /// A Wasm module URL is usable (not the placeholder).
+    ModuleUrl,
+    /// A CustomResourceDefinition the objects need is installed, established and serves the
+    /// rendered version.
+    Crd,
+    /// The resource metrics API (metrics-server) is registered, for the HPA.
+    MetricsApi,
+    /// Some node can run a Deployment's pods (GPU for payment-service).
+    Scheduling,
+    /// istiod runs.
+    Istiod,
+    /// The namespace is usable.
+    Namespace,
+    /// An object of the same name exists that meshctl did not create.
+    Ownership,
+}
+
+/// One problem, with how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub check: Check,
+    pub severity: Severity,
+    /// What it is about: a CRD name, a flag, a Deployment, ...
+    pub subject: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "  {label}: {}\n    fix: {}", self.problem, self.fix)
+    }
+}
+
+/// Everything preflight found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PreflightReport {
+    /// Problems, errors first.
+    pub findings: Vec<Finding>,
+    /// Checks that passed, one line each.
+    pub passed: Vec<String>,
+}
+
+impl PreflightReport {
+    /// Findings that stop an install.
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+    }
+
+    /// Findings that do not.
+    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+    }
+
+    /// No errors (warnings allowed).
+    pub fn is_ok(&self) -> bool {
+        self.errors().next().is_none()
+    }
+
+    /// The finding of `check` about `subject`, if any.
+    pub fn find(&self, check: Check, subject: &str) -> Option<&Finding> {
+        self.findings
+            .iter()
+            .find(|f| f.check == check && f.subject == subject)
+    }
+
+    /// The errors, one block each, with their fixes.
+    pub fn render_problems(&self) -> String {
+        self.errors()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn push(
+        &mut self,
+        check: Check,
+        severity: Severity,
+        subject: &str,
+        problem: String,
+        fix: String,
+    ) {
+        self.findings.push(Finding {
+            check,
+            severity,
+            subject: subject.to_owned(),
+            problem,
+            fix,
+        });
+    }
+
+    fn error(&mut self, check: Check, subject: &str, problem: String, fix: String) {
+        self.push(check, Severity::Error, subject, problem, fix);
+    }
+
+    fn warning(&mut self, check: Check, subject: &str, problem: String, fix: String) {
+        self.push(check, Severity::Warning, subject, problem, fix);
+    }
+
+    fn sort(&mut self) {
+        self.findings.sort_by_key(|a| (a.severity, a.check));
+    }
+}
+
+impl fmt::Display for PreflightReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.passed {
+            writeln!(f, "  ok: {p}")?;
+        }
+        for finding in &self.findings {
+            writeln!(f, "{finding}")?;
+        }
+        let (e, w) = (self.errors().count(), self.warnings().count());
+        write!(f, "preflight: {e} error(s), {w} warning(s)")
+    }
+}
+
+/// Whether a module URL is the placeholder `RenderOptions::new` ships (a host under `.invalid`,
+/// which never resolves).
+pub fn is_placeholder_module(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', ':']).next().unwrap_or_default();
+    host == "invalid" || host.ends_with(".invalid")
+}
+
+/// The checks that need no cluster: the Wasm module URLs.
+pub fn check_local(opts: &RenderOptions) -> PreflightReport {
+    let mut report = PreflightReport::default();
+    for (flag, url, package, file, consequence) in [
+        (
+            "--authz-module",
+            &opts.authz_module_url,
+            "meshguard-authz",
+            "meshguard_authz.wasm",
+            "the authorization filter fails closed, so every request to the services would be \
+             rejected",
+        ),
+        (
+            "--metrics-module",
+            &opts.metrics_module_url,
+            "meshguard-metrics",
+            "meshguard_metrics.wasm",
+            "the metrics filter fails open: no request metrics, so Grafana and the request-rate \
+             scaling see nothing",
+        ),
+    ] {
+        if is_placeholder_module(url) {
+            report.error(
+                Check::ModuleUrl,
+                flag,
+                format!(
+                    "{flag} is the placeholder `{url}`: sidecars cannot fetch it, and \
+                     {consequence}"
+                ),
+                format!(
+                    "publish the filter and pass its URL: build it (`cargo build --profile wasm \
+                     --target wasm32-wasip1 -p {package}`), push \
+                     target/wasm32-wasip1/wasm/{file} to a registry the sidecars can reach as \
+                     an OCI image (a `FROM scratch` image with the file as /plugin.wasm), then \
+                     `meshctl install {flag} oci://REGISTRY/meshguard/{}:TAG`; or serve it over \
+                     https and pass {flag} https://... with {flag}-sha256. See \
+                     docs/meshctl.md, \"Publishing the filters\", and docs/deploy-gke.md \
+                     section 7",
+                    package.trim_start_matches("meshguard-")
+                ),
+            );
+        } else {
+            report.passed.push(format!("{flag} {url}"));
+        }
+    }
+    report
+}
+
+/// Every check: the local ones, then the cluster's. Fails only when a check cannot run at all
+/// for a reason that is not itself a finding.
+pub async fn run(
+    conn: &Connection,
+    objects: &[DynamicObject],
+    opts: &RenderOptions,
+) -> Result<PreflightReport, Error> {
+    let mut report = check_local(opts);
+    match conn.server_version().await {
+        Ok(version) => report.passed.push(format!(
+            "API server {} answers ({version})",
+            conn.origin.server
+        )),
+        Err(e) => {
+            report.error(
+                Check::ApiServer,
+                "api-server",
+                format!("cannot reach the {}", conn.origin),
+                e.to_string(),
+            );
+            report.sort();
+            return Ok(report);
+        }
+    }
+    let client = &conn.client;
+    check_namespace(client, &opts.namespace, &mut report).await;
+    check_crds(client, objects, &mut report).await;
+    if objects
+        .iter()
+        .any(|o| kind_name(o) == "HorizontalPodAutoscaler")
+    {
+        check_metrics_api(client, &mut report).await;
+    }
+    check_scheduling(client, objects, opts, &mut report).await;
+    check_istiod(client, &mut report).await;
+    check_ownership(client, objects, &opts.namespace, &mut report).await;
+    report.sort();
+    Ok(report)
+}
+
+fn kind_name(o: &DynamicObject) -> &str {
+    o.types
+        .as_ref()
+        .map(|t| t.kind.as_str())
+        .unwrap_or_default()
+}
+
+async fn check_namespace(client: &kube::Client, namespace: &str, report: &mut PreflightReport) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    match api.get_opt(namespace).await {
+        Ok(None) => report
+            .passed
+            .push(format!("namespace {namespace} will be created")),
+        Ok(Some(ns)) if ns.metadata.deletion_timestamp.is_some() => report.error(
+            Check::Namespace,
+            namespace,
+            format!("namespace {namespace} is being deleted"),
+            format!(
+                "wait until it is gone (`kubectl wait --for=delete namespace/{namespace} \
+                 --timeout=5m`), or install into another --namespace"
+            ),
+        ),
+        Ok(Some(ns)) => {
+            if is_ours(ns.labels(), namespace) {
+                report
+                    .passed
+                    .push(format!("namespace {namespace} exists and is meshctl's"));
+            } else {
+                report.warning(
+                    Check::Namespace,
+                    namespace,
+                    format!("namespace {namespace} exists and was not created by meshctl"),
+                    "nothing to do if that is intended: install labels it as meshctl's, and \
+                     uninstall keeps it as long as it holds objects meshctl did not create"
+                        .to_owned(),
+                );
+            }
+        }
+        Err(e) => report.warning(
+            Check::Namespace,
+            namespace,
+            format!(
+                "cannot read namespace {namespace}: {}",
+                describe_kube_error(&e)
+            ),
+            "grant the account `get` on namespaces".to_owned(),
+        ),
+    }
+}
+
+async fn check_crds(
+    client: &kube::Client,
+    objects: &[DynamicObject],
+    report: &mut PreflightReport,
+) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    // CRD name -> the versions the objects use.
+    let mut wanted: BTreeMap<String, Vec<(&str, &str, &str)>> = BTreeMap::new();
+    for name in required_crds(objects) {
+        wanted.entry(name).or_default();
+    }
+    for o in objects {
+        if let Some(k) = kind_of(o) {
+            if let Some(crd) = k.crd_name() {
+                let v = wanted.entry(crd).or_default();
+                if !v.iter().any(|(_, ver, _)| *ver == k.version) {
+                    v.push((k.kind, k.version, k.group));
+                }
+            }
+        }
+    }
+    for (name, uses) in wanted {
+        let group = name.split_once('.').map(|(_, g)| g).unwrap_or_default();
+        let kinds = uses
+            .iter()
+            .map(|(k, _, _)| *k)
+            .collect::<Vec<_>>()
+            .join(", ");
+        match api.get_opt(&name).await {
+            Ok(None) => report.error(
+                Check::Crd,
+                &name,
+                format!(
+                    "CustomResourceDefinition {name} is not installed: the cluster cannot store \
+                     {kinds} objects"
+                ),
+                crd_fix(group),
+            ),
+            Ok(Some(crd)) => {
+                let established = crd
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "Established"));
+                if established.map(|c| c.status.as_str()) != Some("True") {
+                    let why = established
+                        .and_then(|c| c.message.clone())
+                        .unwrap_or_else(|| "no Established condition yet".to_owned());
+                    report.error(
+                        Check::Crd,
+                        &name,
+                        format!("CustomResourceDefinition {name} is not established: {why}"),
+                        format!(
+                            "wait a moment and retry; if it stays so, inspect it with `kubectl \
+                             get crd {name} -o yaml` (a names conflict with another CRD?)"
+                        ),
+                    );
+                    continue;
+                }
+                let served: Vec<&str> = crd
+                    .spec
+                    .versions
+                    .iter()
+                    .filter(|v| v.served)
+                    .map(|v| v.name.as_str())
+                    .collect();
+                let missing: Vec<String> = uses
+                    .iter()
+                    .filter(|(_, v, _)| !served.contains(v))
+                    .map(|(k, v, g)| format!("{k} {g}/{v}"))
+                    .collect();
+                if missing.is_empty() {
+                    report.passed.push(format!("CRD {name} established"));
+                } else {
+                    report.error(
+                        Check::Crd,
+                        &name,
+                        format!(
+                            "CustomResourceDefinition {name} does not serve {} (it serves: {})",
+                            missing.join(", "),
+                            served.join(", ")
+                        ),
+                        format!("upgrade it: {}", crd_fix(group)),
+                    );
+                }
+            }
+            Err(e) => report.error(
+                Check::Crd,
+                &name,
+                format!(
+                    "cannot read CustomResourceDefinition {name}: {}",
+                    describe_kube_error(&e)
+                ),
+                "grant the account `get` on customresourcedefinitions (apiextensions.k8s.io), \
+                 or check the CRDs yourself and pass --skip-preflight"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+async fn check_metrics_api(client: &kube::Client, report: &mut PreflightReport) {
+    let api: Api<APIService> = Api::all(client.clone());
+    let fix_install = "install metrics-server (`kubectl apply -f \
+        https://github.com/kubernetes-sigs/metrics-server/releases/latest/download/components.yaml`; \
+        GKE, EKS and AKS ship it); without it order-service's HorizontalPodAutoscaler cannot \
+        read CPU and never scales";
+    match api.get_opt(METRICS_APISERVICE).await {
+        Ok(None) => report.error(
+            Check::MetricsApi,
+            METRICS_APISERVICE,
+            format!(
+                "the resource metrics API is not registered (no APIService {METRICS_APISERVICE}): \
+                 the HorizontalPodAutoscaler of order-service cannot read CPU"
+            ),
+            fix_install.to_owned(),
+        ),
+        Ok(Some(svc)) => {
+            let available = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Available"));
+            if available.map(|c| c.status.as_str()) == Some("True") {
+                report
+                    .passed
+                    .push(format!("metrics API {METRICS_APISERVICE} available"));
+            } else {
+                let why = available
+                    .and_then(|c| c.message.clone().or_else(|| c.reason.clone()))
+                    .unwrap_or_else(|| "no Available condition yet".to_owned());
+                report.warning(
+                    Check::MetricsApi,
+                    METRICS_APISERVICE,
+                    format!(
+                        "the resource metrics API {METRICS_APISERVICE} is registered but not \
+                         available ({why}): the HPA cannot read CPU until it is"
+                    ),
+                    "check metrics-server: `kubectl -n kube-system get pods -l \
+                     k8s-app=metrics-server` and `kubectl get apiservice v1beta1.metrics.k8s.io \
+                     -o yaml`"
+                        .to_owned(),
+                );
+            }
+        }
+        Err(e) => report.error(
+            Check::MetricsApi,
+            METRICS_APISERVICE,
+            format!(
+                "cannot read APIService {METRICS_APISERVICE}: {}",
+                describe_kube_error(&e)
+            ),
+            "grant the account `get` on apiservices (apiregistration.k8s.io), or pass \
+             --skip-preflight"
+                .to_owned(),
+        ),
+    }
+}
+
+async fn check_scheduling(
+    client: &kube::Client,
+    objects: &[DynamicObject],
+    opts: &RenderOptions,
+    report: &mut PreflightReport,
+) {
+    let deployments: Vec<Deployment> = objects
+        .iter()
+        .filter(|o| kind_name(o) == "Deployment")
+        .filter_map(|o| serde_json::to_value(o).ok())
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect();
+    if deployments.is_empty() {
+        return;
+    }
+    let api: Api<Node> = Api::all(client.clone());
+    let nodes = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            report.warning(
+                Check::Scheduling,
+                "nodes",
+                format!(
+                    "cannot list nodes, so cannot check that the Deployments (payment-service \
+                     needs a GPU) can be scheduled: {}",
+                    describe_kube_error(&e)
+                ),
+                "grant the account `list` on nodes, or check GPU capacity yourself (`kubectl \
+                 get nodes -o custom-columns=NAME:.metadata.name,GPU:.status.allocatable.nvidia\\.com/gpu`)"
+                    .to_owned(),
+            );
+            return;
+        }
+    };
+    for d in deployments {
+        let name = d.name_any();
+        let Some(spec) = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+            continue;
+        };
+        let extended = extended_requests(spec);
+        let needs = if extended.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (it needs {})",
+                extended
+                    .iter()
+                    .map(|(r, n)| format!("{n} {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let mut reasons: BTreeMap<Misfit, Vec<String>> = BTreeMap::new();
+        let mut fitting = Vec::new();
+        for node in &nodes {
+            match misfit(node, spec) {
+                None => fitting.push(node.name_any()),
+                Some(m) => reasons.entry(m).or_default().push(node.name_any()),
+            }
+        }
+        if let Some(first) = fitting.first() {
+            report.passed.push(format!(
+                "{name} can be scheduled{needs}: {} node(s), e.g. {first}",
+                fitting.len()
+            ));
+            continue;
+        }
+        let why = if nodes.is_empty() {
+            "the cluster has no nodes".to_owned()
+        } else {
+            reasons
+                .iter()
+                .map(|(m, ns)| format!("{} node(s) {m} ({})", ns.len(), short_list(ns)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let fix = if extended
+            .keys()
+            .any(|r| r == meshguard_manifests::GPU_RESOURCE)
+        {
+            gpu_fix(opts)
+        } else {
+            "add a node without GPUs that these pods can use: services other than \
+             payment-service are kept off GPU nodes (nodes labelled as --profile describes), \
+             and tolerate no other taints"
+                .to_owned()
+        };
+        report.error(
+            Check::Scheduling,
+            &name,
+            format!("no node can run {name}{needs}: {why}"),
+            fix,
+        );
+    }
+}
+
+fn gpu_fix(opts: &RenderOptions) -> String {
+    let label = match opts.profile {
+        meshguard_manifests::Profile::Local => format!(
+            "with --profile local, GPU nodes must carry the label {}={} (`kubectl label node \
+             NODE {}={}`) and report allocatable nvidia.com/gpu (NVIDIA device plugin)",
+            meshguard_manifests::LOCAL_GPU_LABEL.0,
+            meshguard_manifests::LOCAL_GPU_LABEL.1,
+            meshguard_manifests::LOCAL_GPU_LABEL.0,
+            meshguard_manifests::LOCAL_GPU_LABEL.1
+        ),
+        meshguard_manifests::Profile::Gke => format!(
+            "with --profile gke, add a GPU node pool (`gcloud container node-pools create gpu \
+             --cluster CLUSTER --accelerator type=nvidia-l4,count=1,gpu-driver-version=default \
+             --machine-type g2-standard-4 --num-nodes 1`); GKE labels its nodes {} and reports \
+             nvidia.com/gpu",
+            meshguard_manifests::GKE_ACCELERATOR_LABEL
+        ),
+    };
+    format!(
+        "{label}. On GKE use --profile gke. No GPUs at all: pass --no-gpu to run \
+         payment-service on ordinary nodes. A GPU node pool that scales up from zero has no \
+         node yet: pass --skip-preflight"
+    )
+}
+
+fn short_list(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(", and {} more", names.len() - SHOWN));
+    }
+    out
+}
+
+async fn check_istiod(client: &kube::Client, report: &mut PreflightReport) {
+    let api: Api<Deployment> = Api::all(client.clone());
+    match api
+        .list(&ListParams::default().labels(ISTIOD_SELECTOR))
+        .await
+    {
+        Ok(list) if list.items.is_empty() => report.warning(
+            Check::Istiod,
+            "istiod",
+            "istiod is not running (no Deployment labelled app=istiod): without Istio no \
+             sidecar is injected, so neither mTLS nor the Wasm filters protect the services"
+                .to_owned(),
+            "install Istio (`istioctl install --set profile=minimal`, or the istiod Helm chart) \
+             before or after meshctl; restart the workloads afterwards so they get sidecars"
+                .to_owned(),
+        ),
+        Ok(list) => {
+            let where_ = list
+                .items
+                .iter()
+                .map(|d| format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            report.passed.push(format!("istiod found: {where_}"));
+        }
+        Err(e) => report.warning(
+            Check::Istiod,
+            "istiod",
+            format!("cannot look for istiod: {}", describe_kube_error(&e)),
+            "grant the account `list` on deployments cluster-wide, or check Istio yourself"
+                .to_owned(),
+        ),
+    }
+}
+
+async fn check_ownership(
+    client: &kube::Client,
+    objects: &[DynamicObject],
+    namespace: &str,
+    report: &mut PreflightReport,
+) {
+    let Ok(resources) = Resources::for_rendered_kinds(client).await else {
+        return;
+    };
+    for o in objects {
+        if kind_name(o) == "Namespace" {
+            continue;
+        }
+        let Ok(resolved) = resources.resolve_object(o) else {
+            continue;
+        };
+        let api = resources::api(client, &resolved, o.namespace().as_deref());
+        if let Ok(Some(live)) = api.get_opt(&o.name_any()).await {
+            if !is_ours(live.labels(), namespace) {
+                let what = resources::object_ref(o).to_string();
+                report.warning(
+                    Check::Ownership,
+                    &what,
+                    format!("{what} exists and was not created by meshctl for this namespace"),
+                    "nothing to do if meshctl should manage it: install takes over the fields \
+                     meshctl sets and labels it, and uninstall will then delete it"
+                        .to_owned(),
+                );
+            }
+        }
+    }
+}
+
+/// Whether labels mark an object as installed by meshctl into `namespace`: it carries every
+/// ownership label (what `uninstall` selects on).
+pub fn is_ours(labels: &BTreeMap<String, String>, namespace: &str) -> bool {
+    ownership_labels(namespace)
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders() {
+        assert!(is_placeholder_module(
+            "oci://registry.invalid/meshguard/authz:0.1.0"
+        ));
+        assert!(is_placeholder_module("https://x.invalid:8443/a.wasm"));
+        assert!(!is_placeholder_module("oci://ghcr.io/acme/authz:0.1.0"));
+        assert!(!is_placeholder_module("file:///opt/authz.wasm"));
+    }
+
+    #[test]
+    fn local_check_refuses_defaults() {
+        let opts = RenderOptions::new("meshguard");
+        let report = check_local(&opts);
+        assert!(!report.is_ok());
+        assert_eq!(report.errors().count(), 2);
+        let f = report
+            .find(Check::ModuleUrl, "--authz-module")
+            .expect("authz finding");
+        assert!(f.fix.contains("docs/meshctl.md"), "{}", f.fix);
+
+        let mut opts = opts;
+        opts.authz_module_url = "oci://ghcr.io/acme/authz:1".into();
+        opts.metrics_module_url = "oci://ghcr.io/acme/metrics:1".into();
+        assert!(check_local(&opts).is_ok());
+    }
+}

@@ -1,0 +1,409 @@
+//! The command line without a cluster: `render`, `--help`, and the errors meshctl gives before
+//! it contacts an API server.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{meshctl, TestResult};
+use serde::Deserialize;
+
+/// The kinds a default rendering contains.
+const EXPECTED_KINDS: [&str; 11] = [
+    "Namespace",
+    "ServiceAccount",
+    "PeerAuthentication",
+    "NetworkPolicy",
+    "EnvoyFilter",
+    "WasmPlugin",
+    "Service",
+    "Deployment",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "ScaledObject",
+];
+
+fn documents(yaml: &str) -> Result<Vec<serde_yaml::Value>, serde_yaml::Error> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(serde_yaml::Value::deserialize)
+        .collect()
+}
+
+fn str_at<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(*p)?;
+    }
+    cur.as_str()
+}
+
+#[tokio::test]
+async fn render_prints_every_object_as_yaml_without_a_cluster() -> TestResult {
+    let run = meshctl(&["render"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert!(
+        run.stderr.is_empty(),
+        "render writes nothing on stderr: {}",
+        run.dump()
+    );
+    let docs = documents(&run.stdout)?;
+    let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| str_at(d, &["kind"])).collect();
+    let expected: BTreeSet<&str> = EXPECTED_KINDS.into_iter().collect();
+    assert_eq!(kinds, expected);
+    assert_eq!(
+        str_at(&docs[0], &["kind"]),
+        Some("Namespace"),
+        "namespace first"
+    );
+    for d in &docs {
+        let what = format!(
+            "{:?} {:?}",
+            str_at(d, &["kind"]),
+            str_at(d, &["metadata", "name"])
+        );
+        let label = |k: &str| str_at(d, &["metadata", "labels", k]);
+        assert_eq!(
+            label("app.kubernetes.io/managed-by"),
+            Some("meshctl"),
+            "{what}"
+        );
+        assert_eq!(
+            label("app.kubernetes.io/part-of"),
+            Some("meshguard"),
+            "{what}"
+        );
+        assert_eq!(
+            label("app.kubernetes.io/instance"),
+            Some("meshguard"),
+            "{what}"
+        );
+        if str_at(d, &["kind"]) != Some("Namespace") {
+            assert_eq!(
+                str_at(d, &["metadata", "namespace"]),
+                Some("meshguard"),
+                "{what}"
+            );
+        }
+    }
+    // The default image paths are the seed's.
+    let images: Vec<&str> = docs
+        .iter()
+        .filter(|d| str_at(d, &["kind"]) == Some("Deployment"))
+        .filter_map(|d| {
+            d.get("spec")?
+                .get("template")?
+                .get("spec")?
+                .get("containers")?
+                .get(0)?
+                .get("image")?
+                .as_str()
+        })
+        .collect();
+    assert_eq!(images.len(), 3);
+    assert!(images
+        .iter()
+        .all(|i| i.starts_with("us-west1-docker.pkg.dev/brave-smile-424210-m0/microservice/")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn render_follows_the_flags() -> TestResult {
+    let run = meshctl(&[
+        "render",
+        "--namespace",
+        "shop",
+        "--order-image",
+        "registry.example/order:2",
+        "--mode",
+        "dry-run",
+        "--profile",
+        "gke",
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let docs = documents(&run.stdout)?;
+    for d in &docs {
+        assert_eq!(
+            str_at(d, &["metadata", "labels", "app.kubernetes.io/instance"]),
+            Some("shop")
+        );
+        if str_at(d, &["kind"]) != Some("Namespace") {
+            assert_eq!(str_at(d, &["metadata", "namespace"]), Some("shop"));
+        }
+    }
+    assert!(run.stdout.contains("image: registry.example/order:2"));
+    assert!(run.stdout.contains("cloud.google.com/gke-accelerator"));
+    assert!(
+        run.stdout.contains("dry_run"),
+        "the authz filter config carries the mode"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn help_explains_every_command_and_flag() -> TestResult {
+    let top = meshctl(&["--help"]).await;
+    assert_eq!(top.code, Some(0), "{}", top.dump());
+    for word in [
+        "install",
+        "uninstall",
+        "status",
+        "render",
+        "preflight",
+        "app.kubernetes.io/managed-by=meshctl",
+        "--namespace",
+        "--kubeconfig",
+        "--context",
+        "Examples:",
+        "Exit status",
+    ] {
+        assert!(top.stdout.contains(word), "`meshctl --help` lacks {word:?}");
+    }
+    let render_flags = [
+        "--user-image",
+        "--order-image",
+        "--payment-image",
+        "--authz-module",
+        "--metrics-module",
+        "--prometheus-address",
+        "--mode",
+        "--log-level",
+        "--profile",
+        "--no-gpu",
+    ];
+    let cases: [(&str, Vec<&str>); 5] = [
+        (
+            "install",
+            [
+                &render_flags[..],
+                &[
+                    "--dry-run",
+                    "--skip-preflight",
+                    "--wait",
+                    "--timeout",
+                    "Server-side apply",
+                    "Examples:",
+                ],
+            ]
+            .concat(),
+        ),
+        (
+            "uninstall",
+            vec![
+                "--dry-run",
+                "--delete-namespace",
+                "--wait",
+                "--namespace",
+                "Examples:",
+            ],
+        ),
+        (
+            "status",
+            [&render_flags[..], &["--output", "drifted", "Examples:"]].concat(),
+        ),
+        (
+            "render",
+            [&render_flags[..], &["no cluster", "Examples:"]].concat(),
+        ),
+        (
+            "preflight",
+            [&render_flags[..], &["nvidia.com/gpu", "Examples:"]].concat(),
+        ),
+    ];
+    for (command, words) in cases {
+        let run = meshctl(&[command, "--help"]).await;
+        assert_eq!(run.code, Some(0), "{}", run.dump());
+        for word in words {
+            assert!(
+                run.stdout.contains(word),
+                "`meshctl {command} --help` lacks {word:?}:\n{}",
+                run.stdout
+            );
+        }
+    }
+    let version = meshctl(&["--version"]).await;
+    assert_eq!(
+        version.stdout.trim(),
+        format!("meshctl {}", env!("CARGO_PKG_VERSION"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_command_lines_are_usage_errors() -> TestResult {
+    let run = meshctl(&["render", "--namespace", "Bad_Name"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(
+        run.stderr
+            .contains("`Bad_Name` is not a valid namespace name"),
+        "{}",
+        run.dump()
+    );
+    assert!(run.stderr.contains("lowercase"), "{}", run.dump());
+
+    let run = meshctl(&["install", "--dry-run=client"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(
+        run.stderr.contains("server"),
+        "lists the possible values: {}",
+        run.dump()
+    );
+
+    let run = meshctl(&["install", "--mode", "audit"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+
+    let run = meshctl(&["uninstall", "--user-image", "x"]).await;
+    assert_eq!(
+        run.code,
+        Some(2),
+        "uninstall takes no render flags: {}",
+        run.dump()
+    );
+
+    let run = meshctl(&["install", "--wait", "--timeout", "soon"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(run.stderr.contains("not a duration"), "{}", run.dump());
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_values_name_the_flag() -> TestResult {
+    for (flag, value) in [
+        ("--user-image", "has space"),
+        ("--prometheus-address", "ftp://prometheus"),
+        ("--authz-module", "registry.example/authz:1"),
+        ("--module-fetch-cidr", "10.0.0.0/33"),
+        ("--keda-cpu-threshold", "-1"),
+    ] {
+        let run = meshctl(&["render", &format!("{flag}={value}")]).await;
+        assert_eq!(run.code, Some(1), "{}", run.dump());
+        assert!(
+            run.stderr.starts_with(&format!("error: invalid {flag}: ")),
+            "{}",
+            run.dump()
+        );
+        assert!(run.stdout.is_empty(), "{}", run.dump());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn install_refuses_placeholder_modules_before_touching_a_cluster() -> TestResult {
+    // The kubeconfig does not exist: reading it would be the first thing install does with
+    // the cluster, so an error about it would mean install got that far.
+    for extra in [&[][..], &["--skip-preflight"][..]] {
+        let mut args = vec!["install", "--kubeconfig", "/nonexistent/kubeconfig"];
+        args.extend_from_slice(extra);
+        let run = meshctl(&args).await;
+        assert_eq!(run.code, Some(1), "{}", run.dump());
+        for word in [
+            "--authz-module is the placeholder `oci://registry.invalid/meshguard/authz:0.1.0`",
+            "--metrics-module is the placeholder",
+            "cargo build --profile wasm --target wasm32-wasip1 -p meshguard-authz",
+            "docs/meshctl.md",
+        ] {
+            assert!(run.stderr.contains(word), "lacks {word:?}: {}", run.dump());
+        }
+        assert!(!run.stderr.contains("nonexistent"), "{}", run.dump());
+    }
+    // One placeholder is enough to refuse.
+    let run = meshctl(&[
+        "install",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+        "--authz-module",
+        common::AUTHZ_MODULE,
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert!(
+        run.stderr.contains("--metrics-module is the placeholder"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        !run.stderr.contains("--authz-module is the placeholder"),
+        "{}",
+        run.dump()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn cluster_errors_say_which_kubeconfig_and_context() -> TestResult {
+    // A kubeconfig that does not exist.
+    let run = meshctl(&["status", "--kubeconfig", "/nonexistent/kubeconfig"]).await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert!(
+        run.stderr.contains(
+            "cannot load the cluster configuration from --kubeconfig /nonexistent/kubeconfig"
+        ),
+        "{}",
+        run.dump()
+    );
+
+    // No kubeconfig at all, and not in a pod.
+    let run = meshctl(&["uninstall"]).await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert!(
+        run.stderr.contains("pass --kubeconfig PATH"),
+        "{}",
+        run.dump()
+    );
+
+    // A cluster nobody listens for.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: gone
+  cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}
+users:
+- name: someone
+  user: {token: abc}
+contexts:
+- name: nowhere
+  context: {cluster: gone, user: someone}
+- name: elsewhere
+  context: {cluster: gone, user: someone}
+current-context: elsewhere
+",
+    )?;
+    let kubeconfig = path.display().to_string();
+    let run = meshctl(&[
+        "status",
+        "--kubeconfig",
+        &kubeconfig,
+        "--context",
+        "nowhere",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    for word in [
+        "cannot reach the API server https://127.0.0.1:1/",
+        &format!("--kubeconfig {kubeconfig}"),
+        "context `nowhere`",
+        "fix: ",
+    ] {
+        assert!(run.stderr.contains(word), "lacks {word:?}: {}", run.dump());
+    }
+    // A context that does not exist.
+    let run = meshctl(&[
+        "status",
+        "--kubeconfig",
+        &kubeconfig,
+        "--context",
+        "missing",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert!(
+        run.stderr.contains("context `missing` exists"),
+        "{}",
+        run.dump()
+    );
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Shared by the integration tests: running the `meshctl` binary, starting a test cluster shaped
+//! like the one meshctl targets, and reading objects back.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use clap::Parser;
+use kube::api::DynamicObject;
+use kube::ResourceExt;
+use meshctl::cli::{Cli, Command};
+use meshctl::resources::{self, Resources};
+use meshguard_testcluster::{CrdSet, TestCluster, TestClusterOptions};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Module URLs that are not the placeholder (nothing fetches them in the test cluster).
+pub const AUTHZ_MODULE: &str = "oci://registry.example/meshguard/authz:0.1.0";
+pub const METRICS_MODULE: &str = "oci://registry.example/meshguard/metrics:0.1.0";
+
+/// A finished `meshctl` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Both streams, for assertion messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs the `meshctl` binary with `args`, isolated from the environment's kubeconfig: no
+/// `KUBECONFIG`, and a `HOME` without `~/.kube/config`.
+pub async fn meshctl(args: &[&str]) -> Run {
+    let home = std::env::temp_dir().join("meshctl-tests-empty-home");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", home)
+        .env("NO_COLOR", "1")
+        .output()
+        .await;
+    match output {
+        Ok(output) => Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        },
+        Err(e) => Run {
+            code: None,
+            stdout: String::new(),
+            stderr: format!("cannot run {}: {e}", env!("CARGO_BIN_EXE_meshctl")),
+        },
+    }
+}
+
+/// Runs `meshctl <command> --kubeconfig <cluster's> <args>`.
+pub async fn meshctl_on(cluster: &TestCluster, command: &str, args: &[&str]) -> Run {
+    let kubeconfig = cluster.kubeconfig_path().display().to_string();
+    let mut all = vec![command, "--kubeconfig", kubeconfig.as_str()];
+    all.extend_from_slice(args);
+    meshctl(&all).await
+}
+
+/// `install` with usable module URLs.
+pub async fn install(cluster: &TestCluster, args: &[&str]) -> Run {
+    let mut all = vec![
+        "--authz-module",
+        AUTHZ_MODULE,
+        "--metrics-module",
+        METRICS_MODULE,
+    ];
+    all.extend_from_slice(args);
+    meshctl_on(cluster, "install", &all).await
+}
+
+/// A cluster with the Istio and KEDA CRDs, a GPU node and a CPU node, and the metrics API
+/// registered: what preflight wants.
+pub async fn ready_cluster() -> Result<TestCluster, Box<dyn std::error::Error>> {
+    let cluster = TestCluster::start(TestClusterOptions::default()).await?;
+    cluster.install_crds(&[CrdSet::Istio, CrdSet::Keda]).await?;
+    cluster.simulate_nodes().await?;
+    cluster.simulate_metrics_api().await?;
+    Ok(cluster)
+}
+
+/// What `meshctl render <args>` renders, as objects.
+pub fn rendered(args: &[&str]) -> Result<Vec<DynamicObject>, meshctl::Error> {
+    let mut all = vec![
+        "meshctl",
+        "render",
+        "--authz-module",
+        AUTHZ_MODULE,
+        "--metrics-module",
+        METRICS_MODULE,
+    ];
+    all.extend_from_slice(args);
+    let cli = Cli::parse_from(all);
+    let Command::Render(r) = cli.command else {
+        unreachable!("parsed `render`")
+    };
+    Ok(meshctl::commands::render_objects(&cli.global.namespace, &r.render)?.1)
+}
+
+/// `Kind namespace/name` of an object.
+pub fn key(o: &DynamicObject) -> String {
+    resources::object_ref(o).to_string()
+}
+
+/// The live copy of each object (`None` where absent), by [`key`].
+pub async fn live(
+    client: &kube::Client,
+    objects: &[DynamicObject],
+) -> Result<BTreeMap<String, Option<DynamicObject>>, Box<dyn std::error::Error>> {
+    let resources = Resources::for_rendered_kinds(client).await?;
+    let mut out = BTreeMap::new();
+    for o in objects {
+        let resolved = resources.resolve_object(o)?;
+        let api = resources::api(client, &resolved, o.namespace().as_deref());
+        out.insert(key(o), api.get_opt(&o.name_any()).await?);
+    }
+    Ok(out)
+}
+
+/// The resourceVersion of each object (`None` where absent), by [`key`].
+pub async fn resource_versions(
+    client: &kube::Client,
+    objects: &[DynamicObject],
+) -> Result<BTreeMap<String, Option<String>>, Box<dyn std::error::Error>> {
+    Ok(live(client, objects)
+        .await?
+        .into_iter()
+        .map(|(k, v)| (k, v.and_then(|o| o.resource_version())))
+        .collect())
+}
+
+/// The keys whose value differs between two maps.
+pub fn changed<V: PartialEq>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> Vec<String> {
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
