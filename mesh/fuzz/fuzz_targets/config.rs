@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshguard_mesh::{AuthzConfig, Authorizer, MetricsConfig};
+use meshguard_mesh::{Authorizer, AuthzConfig, MetricsConfig};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(cfg) = AuthzConfig::from_json(data) {
@@ -11,6 +11,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(Authorizer::new(cfg).is_ok());
     }
     if let Ok(cfg) = MetricsConfig::from_json(data) {
-        assert_eq!(MetricsConfig::from_json(cfg.to_json().as_bytes()).ok(), Some(cfg));
+        assert_eq!(
+            MetricsConfig::from_json(cfg.to_json().as_bytes()).ok(),
+            Some(cfg)
+        );
     }
 });

@@ -19,11 +19,19 @@ fuzz_target!(|data: &[u8]| {
     let id = parts.next();
     let method = parts.next();
     let path = parts.next();
-    let facts = RequestFacts { mtls: Some(data.len() % 7 != 0), peer_identity: id, method, path };
+    let facts = RequestFacts {
+        mtls: Some(data.len() % 7 != 0),
+        peer_identity: id,
+        method,
+        path,
+    };
     if let Decision::Allow { source } = authorizer.decide(&facts) {
         assert_eq!(source, "user-service");
         assert_eq!(facts.mtls, Some(true));
-        assert_eq!(id, Some(&b"spiffe://cluster.local/ns/shop/sa/user-service"[..]));
+        assert_eq!(
+            id,
+            Some(&b"spiffe://cluster.local/ns/shop/sa/user-service"[..])
+        );
         assert_eq!(method, Some(&b"GET"[..]));
         let p = normalized_path(path.unwrap_or_default()).unwrap_or("/not-normalized");
         assert!(path_has_prefix(p, "/orders"));
