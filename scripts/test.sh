@@ -21,6 +21,9 @@ ensure_go
 step "Test cluster binaries and CRDs (first run builds kube-apiserver and etcd: ~5 min)"
 eval "$(tests/kube/build-cluster-bins.sh)"
 
+step "Istio's own code for the Istio checks (first run builds meshguard-istio from istio.io/istio: ~10 min)"
+eval "$(tests/istio/build.sh)"
+
 step "Formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 (cd mesh/fuzz && cargo fmt -- --check)
@@ -29,7 +32,7 @@ step "Lints (clippy -D warnings), native and wasm32-wasip1"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 -p meshguard-authz -p meshguard-metrics \
   -p meshguard-passthrough -p meshguard-filter-common -- -D warnings
-shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run tests/kube/build-cluster-bins.sh
+shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run tests/kube/build-cluster-bins.sh tests/istio/build.sh
 
 step "Filters for wasm32-wasip1 (release profile 'wasm'; budget 200 KiB each)"
 build_filters

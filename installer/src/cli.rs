@@ -24,8 +24,9 @@ Namespace itself:
   - Istio PeerAuthentication: mTLS STRICT for the namespace
   - NetworkPolicies: default deny, plus only the calls of the call graph, DNS, istiod,
     Wasm module fetch and Prometheus scraping
-  - an Istio EnvoyFilter adding the metric labels, and two Istio WasmPlugins per service
-    (identity authorization, fail-closed; request metrics)
+  - a ConfigMap of Envoy stats tag rules, which the pods name as their sidecar bootstrap
+    override (the metric labels), and two Istio WasmPlugins per service (identity
+    authorization, fail-closed; request metrics)
   - per service a Service, a Deployment and a PodDisruptionBudget; payment-service runs only
     on GPU nodes, the others never do
   - a HorizontalPodAutoscaler for order-service (CPU 75 %, 1..10 replicas) and a KEDA
@@ -224,7 +225,7 @@ Examples:
 const PREFLIGHT_ABOUT: &str = "\
 Runs the checks `install` runs before applying anything, and prints each problem with how to \
 fix it. Errors (install would refuse): API server unreachable, a needed CRD missing or not \
-established (WasmPlugin, PeerAuthentication, EnvoyFilter from Istio; ScaledObject from KEDA; \
+established (WasmPlugin, PeerAuthentication from Istio; ScaledObject from KEDA; \
 PodMonitor with --pod-monitor), the metrics API (v1beta1.metrics.k8s.io) not registered, no \
 node that can run a Deployment (payment-service needs allocatable nvidia.com/gpu on a node \
 matching --profile), placeholder Wasm module URLs, the namespace being deleted. Warnings: \

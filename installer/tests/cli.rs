@@ -14,7 +14,7 @@ const EXPECTED_KINDS: [&str; 11] = [
     "ServiceAccount",
     "PeerAuthentication",
     "NetworkPolicy",
-    "EnvoyFilter",
+    "ConfigMap",
     "WasmPlugin",
     "Service",
     "Deployment",

@@ -71,7 +71,6 @@ async fn a_missing_keda_crd_is_named_and_nothing_is_applied() -> TestResult {
     for crd in [
         "wasmplugins.extensions.istio.io",
         "peerauthentications.security.istio.io",
-        "envoyfilters.networking.istio.io",
     ] {
         assert!(
             report.passed.iter().any(|p| p.contains(crd)),
@@ -152,7 +151,6 @@ async fn a_bare_cluster_gets_every_problem_reported_at_once() -> TestResult {
     let mut errors = error_subjects(&report);
     errors.sort();
     let expected: Vec<(Check, String)> = [
-        (Check::Crd, "envoyfilters.networking.istio.io"),
         (Check::Crd, "peerauthentications.security.istio.io"),
         (Check::Crd, "scaledobjects.keda.sh"),
         (Check::Crd, "wasmplugins.extensions.istio.io"),

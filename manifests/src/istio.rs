@@ -1,11 +1,14 @@
 //! Istio objects (mTLS, the filters, their stats) and the optional Prometheus `PodMonitor`.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::DynamicObject;
 use meshguard_mesh::metrics::STATS_TAGS;
 use meshguard_mesh::{Mesh, Service};
 use serde_json::{json, Value};
 
-use crate::object::{custom, meta};
+use crate::object::{custom, meta, typed};
 use crate::{labels, RenderError, RenderOptions, INSTANCE_KEY, PART_OF, SYSTEM_NAME};
 
 /// `pluginName` of the authorization filter (Envoy's root id for it).
@@ -34,38 +37,45 @@ fn all_pods(opts: &RenderOptions) -> Value {
     json!({PART_OF.0: PART_OF.1, INSTANCE_KEY: opts.namespace})
 }
 
-/// Adds the filters' tag-extraction rules to the sidecars' bootstrap `stats_config.stats_tags`
-/// (a `MERGE` appends to Istio's own list), so a stat named
-/// `wasmcustom.meshguard_requests_total.source=a.destination=b...` reaches Prometheus as
-/// `meshguard_requests_total{source="a",destination="b",...}`.
-///
-/// Istio applies `BOOTSTRAP` patches only to proxies whose agent fetches its bootstrap from
-/// istiod (`BOOTSTRAP_XDS_AGENT=true`, set per pod in `proxy.istio.io/config`), and only when the
-/// proxy starts: this object is applied before the Deployments for that reason.
-pub(crate) fn stats_tags_filter(opts: &RenderOptions) -> DynamicObject {
+/// Name of the ConfigMap holding the sidecars' bootstrap override (see [`bootstrap_override`]).
+pub const BOOTSTRAP_OVERRIDE_CONFIG_MAP: &str = "meshguard-sidecar-bootstrap";
+/// The key Istio's injector mounts: the pod annotation `sidecar.istio.io/bootstrapOverride`
+/// naming this ConfigMap makes the injection template mount it at `/etc/istio/custom-bootstrap`
+/// and set `ISTIO_BOOTSTRAP_OVERRIDE=/etc/istio/custom-bootstrap/custom_bootstrap.json`
+/// (istio `manifests/charts/istio-control/istio-discovery/files/injection-template.yaml`).
+pub const BOOTSTRAP_OVERRIDE_KEY: &str = "custom_bootstrap.json";
+
+/// The filters' tag-extraction rules as an Envoy bootstrap fragment:
+/// `{"stats_config":{"stats_tags":[...]}}`.
+pub fn bootstrap_override_json() -> String {
     let tags: Vec<Value> = STATS_TAGS
         .iter()
         .map(|t| json!({"tag_name": t.tag_name, "regex": t.regex}))
         .collect();
-    custom(
-        "networking.istio.io/v1alpha3",
-        "EnvoyFilter",
-        meta(
-            "meshguard-stats-tags",
+    json!({"stats_config": {"stats_tags": tags}}).to_string()
+}
+
+/// The ConfigMap the pods' `sidecar.istio.io/bootstrapOverride` annotation names. Istio's
+/// pilot-agent passes the file to Envoy as `--config-yaml` (istio `pkg/envoy/proxy.go`), which
+/// Envoy merges into the bootstrap Istio generated: the `stats_tags` are appended to Istio's own,
+/// so a stat named `wasmcustom.meshguard_requests_total.source=a.destination=b...` reaches
+/// Prometheus as `meshguard_requests_total{source="a",destination="b",...}`.
+///
+/// The bootstrap is read when a sidecar starts, and the pod cannot start without this ConfigMap
+/// (the injected volume is not optional): it is applied before the Deployments.
+pub(crate) fn bootstrap_override(opts: &RenderOptions) -> Result<DynamicObject, RenderError> {
+    typed(&ConfigMap {
+        metadata: meta(
+            BOOTSTRAP_OVERRIDE_CONFIG_MAP,
             Some(&opts.namespace),
             labels(&opts.namespace, SYSTEM_NAME, "telemetry"),
         ),
-        json!({
-            "workloadSelector": {"labels": all_pods(opts)},
-            "configPatches": [{
-                "applyTo": "BOOTSTRAP",
-                "patch": {
-                    "operation": "MERGE",
-                    "value": {"stats_config": {"stats_tags": tags}},
-                },
-            }],
-        }),
-    )
+        data: Some(BTreeMap::from([(
+            BOOTSTRAP_OVERRIDE_KEY.to_owned(),
+            bootstrap_override_json(),
+        )])),
+        ..ConfigMap::default()
+    })
 }
 
 /// What differs between the two WasmPlugins of a service.

@@ -88,14 +88,7 @@ const KINDS: [KindInfo; 12] = [
         true,
         false,
     ),
-    kind(
-        "networking.istio.io",
-        "v1alpha3",
-        "EnvoyFilter",
-        "envoyfilters",
-        true,
-        true,
-    ),
+    kind("", "v1", "ConfigMap", "configmaps", true, false),
     kind(
         "extensions.istio.io",
         "v1alpha1",

@@ -16,8 +16,8 @@
 //! 3. `PeerAuthentication/default`: mTLS `STRICT` for the namespace.
 //! 4. `NetworkPolicy`s: default deny, DNS, istiod, Wasm module fetch, Prometheus scrape, and one
 //!    ingress/egress pair per call-graph edge, in the call direction.
-//! 5. `EnvoyFilter/meshguard-stats-tags`: the bootstrap `stats_tags` that turn the filters' stat
-//!    names into Prometheus labels.
+//! 5. `ConfigMap/meshguard-sidecar-bootstrap`: the bootstrap `stats_tags` that turn the filters'
+//!    stat names into Prometheus labels, named by the pods' `sidecar.istio.io/bootstrapOverride`.
 //! 6. Two `WasmPlugin`s per service: identity authorization (`AUTHZ`, fail-closed) and request
 //!    metrics (`STATS`).
 //! 7. Per service a `Service` (port `http`), a `Deployment` and a `PodDisruptionBudget`.
@@ -45,6 +45,7 @@ pub use autoscaling::{
     order_cpu_query, ORDER_CPU_UTILIZATION, ORDER_MAX_REPLICAS, ORDER_MIN_REPLICAS,
     USER_MAX_REPLICAS, USER_MIN_REPLICAS,
 };
+pub use istio::{bootstrap_override_json, BOOTSTRAP_OVERRIDE_CONFIG_MAP, BOOTSTRAP_OVERRIDE_KEY};
 pub use kinds::{apply_order_kinds, kind_info, kind_of, required_crds, KindInfo};
 pub use network::{ISTIOD_XDS_PORT, SIDECAR_ENVOY_METRICS_PORT, SIDECAR_MERGED_METRICS_PORT};
 pub use options::{
@@ -154,7 +155,7 @@ pub fn render(mesh: &Mesh, opts: &RenderOptions) -> Result<Vec<DynamicObject>, R
     }
     out.push(istio::peer_authentication(opts));
     out.extend(network::policies(mesh, opts)?);
-    out.push(istio::stats_tags_filter(opts));
+    out.push(istio::bootstrap_override(opts)?);
     for s in &mesh.services {
         out.push(istio::authz_plugin(mesh, s, opts)?);
         out.push(istio::metrics_plugin(mesh, s, opts)?);

@@ -186,8 +186,6 @@ fn affinity(profile: Profile, gpu: bool) -> Affinity {
 
 /// `proxy.istio.io/config` for the pods:
 /// - `proxyStatsMatcher` keeps the filters' stats (Istio trims Envoy's stats to a default set);
-/// - `BOOTSTRAP_XDS_AGENT` makes the agent take its bootstrap from istiod, which is what applies
-///   the `EnvoyFilter` `BOOTSTRAP` patch carrying the `stats_tags`;
 /// - `holdApplicationUntilProxyStarts` so a service's first outbound call does not race the sidecar.
 ///
 /// No `prometheus.io/*` annotations: with Istio's default metrics merging the injector sets them
@@ -195,7 +193,6 @@ fn affinity(profile: Profile, gpu: bool) -> Affinity {
 pub(crate) fn proxy_config() -> String {
     json!({
         "holdApplicationUntilProxyStarts": true,
-        "proxyMetadata": {"BOOTSTRAP_XDS_AGENT": "true"},
         "proxyStatsMatcher": {"inclusionPrefixes": [ENVOY_STAT_PREFIX]},
     })
     .to_string()
@@ -294,10 +291,15 @@ pub(crate) fn deployment(
     pod_labels.insert("sidecar.istio.io/inject".into(), "true".into());
     let mut pod_meta = meta(&s.name, None, pod_labels);
     pod_meta.name = None;
-    pod_meta.annotations = Some(BTreeMap::from([(
-        "proxy.istio.io/config".to_owned(),
-        proxy_config(),
-    )]));
+    pod_meta.annotations = Some(BTreeMap::from([
+        ("proxy.istio.io/config".to_owned(), proxy_config()),
+        // The filters' tag rules: Istio's injector mounts this ConfigMap and pilot-agent hands
+        // it to Envoy as a bootstrap override (see `istio::bootstrap_override`).
+        (
+            "sidecar.istio.io/bootstrapOverride".to_owned(),
+            crate::BOOTSTRAP_OVERRIDE_CONFIG_MAP.to_owned(),
+        ),
+    ]));
     let pod = PodSpec {
         service_account_name: Some(s.service_account.clone()),
         automount_service_account_token: Some(false),

@@ -2,7 +2,7 @@
 //! (`meshguard-testcluster`; build it with `tests/kube/build-cluster-bins.sh`):
 //!
 //! - every object server-side applies with **strict field validation**, so a misspelled or
-//!   misplaced field in a typed object or in a CRD spec (WasmPlugin, EnvoyFilter,
+//!   misplaced field in a typed object or in a CRD spec (WasmPlugin, ConfigMap,
 //!   PeerAuthentication, ScaledObject) is an error, not a silently pruned field;
 //! - a Pod built from each Deployment's template is admitted (dry run) by the API server's own
 //!   Pod Security admission in the namespace that enforces `restricted`.

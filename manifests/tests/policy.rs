@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
 use meshguard_manifests::{
     apply_order_kinds, kind_of, order_cpu_query, ownership_labels, render, required_crds, to_yaml,
-    Profile, RenderError, RenderOptions, COMPONENT_KEY, GKE_ACCELERATOR_LABEL, GPU_RESOURCE,
-    GPU_TAINT_KEY, NAME_KEY,
+    Profile, RenderError, RenderOptions, BOOTSTRAP_OVERRIDE_CONFIG_MAP, BOOTSTRAP_OVERRIDE_KEY,
+    COMPONENT_KEY, GKE_ACCELERATOR_LABEL, GPU_RESOURCE, GPU_TAINT_KEY, NAME_KEY,
 };
 use meshguard_mesh::metrics::{request_rate_query, ENVOY_STAT_PREFIX, STATS_TAGS};
 use meshguard_mesh::model::{ORDER_SERVICE, PAYMENT_SERVICE, USER_SERVICE};
@@ -99,7 +99,7 @@ fn objects_come_in_apply_order_with_security_before_workloads() {
     for k in [
         "PeerAuthentication",
         "NetworkPolicy",
-        "EnvoyFilter",
+        "ConfigMap",
         "WasmPlugin",
     ] {
         let last = objects.iter().rposition(|o| kind(o) == k).unwrap();
@@ -156,7 +156,6 @@ fn object_names_are_unique_per_kind() {
 #[test]
 fn required_crds_are_the_istio_and_keda_kinds() {
     let want: BTreeSet<String> = [
-        "envoyfilters.networking.istio.io",
         "peerauthentications.security.istio.io",
         "scaledobjects.keda.sh",
         "wasmplugins.extensions.istio.io",
@@ -368,7 +367,14 @@ fn deployments_services_and_probes() {
             proxy_config["proxyStatsMatcher"]["inclusionPrefixes"],
             serde_json::json!([ENVOY_STAT_PREFIX])
         );
-        assert_eq!(proxy_config["proxyMetadata"]["BOOTSTRAP_XDS_AGENT"], "true");
+        assert!(
+            proxy_config.get("proxyMetadata").is_none(),
+            "no agent settings Istio no longer reads"
+        );
+        assert_eq!(
+            template.annotations.as_ref().unwrap()["sidecar.istio.io/bootstrapOverride"],
+            BOOTSTRAP_OVERRIDE_CONFIG_MAP
+        );
 
         let c = &pod_spec(&d).containers[0];
         assert_eq!(c.image.as_deref(), Some(opts.image_for(s).unwrap()));
@@ -604,29 +610,22 @@ fn mtls_is_strict_for_the_namespace() {
 }
 
 #[test]
-fn envoy_filter_adds_the_stats_tags_to_every_meshguard_sidecar() {
+fn bootstrap_override_config_map_holds_the_stats_tags() {
     let objects = objects();
-    let filters = of_kind(&objects, "EnvoyFilter");
-    assert_eq!(filters.len(), 1);
-    let spec = &filters[0].data["spec"];
-    let patch = &spec["configPatches"][0];
-    assert_eq!(patch["applyTo"], "BOOTSTRAP");
-    assert_eq!(patch["patch"]["operation"], "MERGE");
-    let tags = patch["patch"]["value"]["stats_config"]["stats_tags"]
-        .as_array()
-        .unwrap();
+    assert!(of_kind(&objects, "EnvoyFilter").is_empty());
+    let maps = of_kind(&objects, "ConfigMap");
+    assert_eq!(maps.len(), 1);
+    assert_eq!(name(maps[0]), BOOTSTRAP_OVERRIDE_CONFIG_MAP);
+    let data = maps[0].data["data"].as_object().unwrap();
+    assert_eq!(data.len(), 1, "only the key Istio's injector mounts");
+    let bootstrap: Value =
+        serde_json::from_str(data[BOOTSTRAP_OVERRIDE_KEY].as_str().unwrap()).unwrap();
+    assert_eq!(bootstrap.as_object().unwrap().len(), 1, "only stats_config");
+    let tags = bootstrap["stats_config"]["stats_tags"].as_array().unwrap();
     assert_eq!(tags.len(), STATS_TAGS.len());
     for (t, want) in tags.iter().zip(STATS_TAGS) {
         assert_eq!(t["tag_name"], want.tag_name);
         assert_eq!(t["regex"], want.regex);
-    }
-    let selector = spec["workloadSelector"]["labels"].as_object().unwrap();
-    for s in SERVICES {
-        let d = deployment(&objects, s);
-        let pod_labels = d.spec.unwrap().template.metadata.unwrap().labels.unwrap();
-        for (k, v) in selector {
-            assert_eq!(pod_labels.get(k).map(String::as_str), v.as_str(), "{s} {k}");
-        }
     }
 }
 

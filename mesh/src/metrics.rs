@@ -3,9 +3,11 @@
 //!
 //! Envoy prefixes metrics defined by Wasm with `wasmcustom.` and its Prometheus endpoint exports
 //! that namespace without the `envoy_` prefix. Labels are encoded in the stat name as
-//! `.<label>=<value>` segments; the [`STATS_TAGS`] regexes (RE2 syntax, installed into the
-//! sidecar's bootstrap `stats_config.stats_tags` by the installer) extract each segment into a tag,
-//! leaving the bare metric name. Label values are drawn from closed sets (service names from the
+//! `.<label>=<value>` segments; the [`STATS_TAGS`] regexes (Envoy compiles them as std::regex in
+//! its ECMAScript grammar; they use only constructs that grammar and Rust's `regex` read alike;
+//! the installer puts them into the sidecars' bootstrap `stats_config.stats_tags` through a
+//! `sidecar.istio.io/bootstrapOverride` ConfigMap) extract each segment into a tag, leaving the
+//! bare metric name. Label values are drawn from closed sets (service names from the
 //! policy, `unknown`, `none`, method tokens, code classes, deny reasons) and never contain `.` or
 //! `=`, so a hostile request cannot create new series or forge a label.
 

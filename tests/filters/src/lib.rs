@@ -204,15 +204,27 @@ impl Sidecar {
         })
     }
 
-    /// The sidecar's metrics as Prometheus would scrape them, labels extracted by the tag rules
-    /// the installer gives Envoy (`meshguard_mesh::metrics::STATS_TAGS`).
+    /// The sidecar's metrics as its Prometheus endpoint exports them. The stats settings are the
+    /// ones Istio's own bootstrap generator gives this service's injected sidecar (the snapshot
+    /// `meshguard_istio_tests::SIDECAR_STATS_SNAPSHOT`, which that crate's tests check against
+    /// Istio's code), applied the way Envoy applies them, with an ECMAScript regex engine.
     pub fn prometheus_lines(&self) -> anyhow::Result<Vec<String>> {
+        use meshguard_istio_tests::envoy;
+        let all = envoy::parse_sidecar_stats(meshguard_istio_tests::SIDECAR_STATS_SNAPSHOT)?;
+        let Some(stats) = all.iter().find(|s| s.deployment == self.service) else {
+            anyhow::bail!("no Istio sidecar stats settings for {}", self.service);
+        };
+        let sidecar = envoy::Sidecar::new(&stats.stats_config)?;
         let mut lines = Vec::new();
         for h in [&self.authz, &self.metrics] {
             for (kind, stat) in h.metric_names() {
-                let (name, labels) = extract_tags(&format!("wasmcustom.{stat}"))?;
-                let name = name.trim_start_matches("wasmcustom.").to_owned();
-                let labels = labels
+                // A stat the stats matcher rejects is never created, so never exported.
+                let Some((series, tagged)) = sidecar.series(&stat) else {
+                    continue;
+                };
+                let name = series.name;
+                let labels = tagged
+                    .tags
                     .iter()
                     .map(|(k, v)| format!("{k}=\"{v}\""))
                     .collect::<Vec<_>>()

@@ -127,7 +127,11 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("\n{allowed} allowed, {denied} denied\n");
-    println!("metrics (as Envoy's Prometheus endpoint exports them once the installer's tag rules apply):");
+    println!(
+        "metrics, as each sidecar's Prometheus endpoint exports them: the stats settings Istio's \
+         bootstrap generator gives the injected pod (with meshctl's bootstrap override), applied \
+         as Envoy applies them:"
+    );
     for sidecar in &sidecars {
         for line in sidecar.prometheus_lines()? {
             println!("  {line}");
