@@ -215,6 +215,30 @@ fn http_probe(path: &str, port: u16, period: i32, failure: i32) -> Probe {
     }
 }
 
+/// The pod label Istio reads as the workload's canonical revision.
+pub const VERSION_KEY: &str = "app.kubernetes.io/version";
+
+/// The version label of a pod running `image`: the image's tag, or `latest` (Istio's own default
+/// revision) when it has none or the tag is not a valid label value.
+pub fn image_version(image: &str) -> String {
+    let name = image.split('@').next().unwrap_or(image);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    match last.split_once(':') {
+        Some((_, tag))
+            if !tag.is_empty()
+                && tag.len() <= 63
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && tag.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && tag.ends_with(|c: char| c.is_ascii_alphanumeric()) =>
+        {
+            tag.to_owned()
+        }
+        _ => "latest".to_owned(),
+    }
+}
+
 /// Environment variable naming a callee's URL, e.g. `ORDER_SERVICE_URL`.
 fn url_var(service: &str) -> String {
     format!("{}_URL", service.to_ascii_uppercase().replace('-', "_"))
@@ -289,6 +313,10 @@ pub(crate) fn deployment(
     let mut pod_labels = labels(&opts.namespace, &s.name, WORKLOAD);
     // Per-pod injection label: the sidecar is injected even into a namespace meshctl did not label.
     pod_labels.insert("sidecar.istio.io/inject".into(), "true".into());
+    // Istio's canonical revision (`destination_canonical_revision` in its telemetry); without one
+    // `istioctl validate` warns that the pods may not provide Istio's telemetry labels
+    // (istio `pkg/kube/labels/labels.go` revisionLabels, `istioctl/pkg/validate`).
+    pod_labels.insert(VERSION_KEY.into(), image_version(image));
     let mut pod_meta = meta(&s.name, None, pod_labels);
     pod_meta.name = None;
     pod_meta.annotations = Some(BTreeMap::from([

@@ -1062,3 +1062,18 @@ fn pod_monitor_scrapes_only_meshguard_sidecars() {
     );
     assert!(of_kind(&self::objects(), "PodMonitor").is_empty());
 }
+
+#[test]
+fn pods_carry_istios_canonical_revision_from_the_image_tag() {
+    use meshguard_manifests::{image_version, VERSION_KEY};
+    assert_eq!(image_version("gcr.io/p/user-service:1.4.2"), "1.4.2");
+    assert_eq!(image_version("localhost:5000/user-service"), "latest");
+    assert_eq!(image_version("r/user-service:v1@sha256:abc"), "v1");
+    assert_eq!(image_version("r/user-service:-bad-"), "latest");
+    let mut opts = RenderOptions::new(NS);
+    opts.order_image = "registry.example/shop/order-service:2.0.1".into();
+    let objects = objects_with(&opts);
+    let d = deployment(&objects, "order-service");
+    let labels = d.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    assert_eq!(labels[VERSION_KEY], "2.0.1");
+}
