@@ -198,9 +198,13 @@ const STATUS_ABOUT: &str = "\
 For every object `install` would apply with these flags, shows whether it is present, missing, \
 or drifted (present, but its labels or the fields meshctl sets differ from what install would \
 write, e.g. an image changed by hand), and the health of what runs:
-  - Deployment: ready/desired replicas
-  - HorizontalPodAutoscaler: current/desired replicas
-  - ScaledObject: KEDA's Ready condition
+  - Deployment: ready/desired replicas, how many pods run on which node pool, and the
+    scheduler's reason for pods that stay Pending (e.g. no node with a free nvidia.com/gpu)
+  - HorizontalPodAutoscaler: current/desired replicas, its metric against the target
+  - ScaledObject: KEDA's Ready and Active conditions, and the HPA KEDA created for it
+    (current/desired replicas, the metric against the target)
+
+--watch prints the table again every --interval until interrupted.
 
 Pass the same flags as to install (images, modules, profile...), or drift is reported for the \
 differences. The table goes to stdout (--output json for scripts). Read-only. Exits 1 if any \
@@ -209,6 +213,7 @@ object is missing or drifted, 0 otherwise.";
 const STATUS_EXAMPLES: &str = "\
 Examples:
   meshctl status
+  meshctl status --watch --interval 10s
   meshctl status --namespace shop-staging --output json | jq '.objects[] | select(.state != \"present\")'";
 
 const RENDER_ABOUT: &str = "\
@@ -419,6 +424,21 @@ pub struct RenderArgs {
     /// for clusters without GPU nodes. Other services stay off GPU nodes either way.
     #[arg(long)]
     pub no_gpu: bool,
+
+    /// Pod Security level the namespace enforces: restricted, baseline or privileged. By
+    /// default install, preflight and status ask the cluster: `restricted` when Istio injects
+    /// with its CNI plugin, `privileged` when it injects the istio-init container (NET_ADMIN,
+    /// NET_RAW, root), which `restricted` and `baseline` refuse; render, which reads no cluster,
+    /// uses `restricted`. Warn and audit stay `restricted` either way.
+    #[arg(long, value_name = "LEVEL")]
+    pub pod_security: Option<meshguard_manifests::PodSecurity>,
+
+    /// For test clusters only: order-service's HPA and user-service's KEDA autoscaler scale
+    /// down after 15 s of lower demand, all surplus pods at once, instead of after 5 minutes
+    /// and at most half the pods a minute. Keep the default in production: a short lull must
+    /// not throw capacity away.
+    #[arg(long)]
+    pub fast_scale_down: bool,
 }
 
 impl RenderArgs {
@@ -458,6 +478,10 @@ impl RenderArgs {
         o.request_rate_threshold
             .clone_from(&self.request_rate_threshold);
         o.gpu_enabled = !self.no_gpu;
+        if let Some(level) = self.pod_security {
+            o.pod_security = level;
+        }
+        o.fast_scale_down = self.fast_scale_down;
         o
     }
 }
@@ -544,6 +568,14 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: OutputFormat,
+
+    /// Keep printing the status every --interval until interrupted (Ctrl-C).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+
+    /// How often --watch prints, e.g. 5s, 1m.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
 
     #[command(flatten)]
     pub render: RenderArgs,

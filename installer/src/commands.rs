@@ -78,18 +78,39 @@ pub async fn run(
             Ok(Finished::Success)
         }
         Command::Status(args) => {
-            let (_, objects) = render_objects(&global.namespace, &args.render)?;
+            render_objects(&global.namespace, &args.render)?;
             let conn = connect(&global).await?;
-            let report = status::status(&conn, &objects, &global.namespace).await?;
-            match args.output {
-                OutputFormat::Table => writeln!(out, "{}", report.table())?,
-                OutputFormat::Json => {
-                    serde_json::to_writer_pretty(&mut *out, &report)
-                        .map_err(|e| Error::Output(e.into()))?;
-                    writeln!(out)?;
+            let (_, objects) = render_for_cluster(&conn, &global.namespace, &args.render).await?;
+            let report = loop {
+                let report = status::status(&conn, &objects, &global.namespace).await?;
+                match args.output {
+                    OutputFormat::Table if args.watch => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs();
+                        writeln!(out, "--- {} (every {:?}) ---", clock(now), args.interval)?;
+                        writeln!(out, "{}", report.table())?;
+                    }
+                    OutputFormat::Table => writeln!(out, "{}", report.table())?,
+                    // One document per line while watching, so each can be read as it comes.
+                    OutputFormat::Json if args.watch => {
+                        serde_json::to_writer(&mut *out, &report)
+                            .map_err(|e| Error::Output(e.into()))?;
+                        writeln!(out)?;
+                    }
+                    OutputFormat::Json => {
+                        serde_json::to_writer_pretty(&mut *out, &report)
+                            .map_err(|e| Error::Output(e.into()))?;
+                        writeln!(out)?;
+                    }
                 }
-            }
-            out.flush()?;
+                out.flush()?;
+                if !args.watch {
+                    break report;
+                }
+                tokio::time::sleep(args.interval).await;
+            };
             Ok(if report.in_sync() {
                 Finished::Success
             } else {
@@ -109,6 +130,17 @@ pub async fn run(
             })
         }
     }
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time.
+fn clock(unix: u64) -> String {
+    let day = unix % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60
+    )
 }
 
 async fn connect(global: &GlobalArgs) -> Result<Connection, Error> {

@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use kube::api::DynamicObject;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DynamicObject, ListParams};
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::Value;
@@ -179,6 +181,12 @@ pub async fn status(
                 State::Drifted
             };
             row.detail = health(&object.kind, &live);
+            if let Some(more) = runtime_detail(client, &object.kind, &live).await? {
+                row.detail = Some(match row.detail.take() {
+                    Some(d) => format!("{d}; {more}"),
+                    None => more,
+                });
+            }
         }
         out.push(row);
     }
@@ -308,6 +316,192 @@ fn quantity(s: &str) -> Option<f64> {
     number.parse::<f64>().ok().map(|n| n * factor)
 }
 
+/// What the controllers made of an object: for a Deployment, where its pods run (by node pool)
+/// and why any are Pending (the scheduler's own message); for an HPA, its metric against the
+/// target; for a ScaledObject, the HPA KEDA created for it, with its replicas and metric.
+async fn runtime_detail(
+    client: &kube::Client,
+    kind: &str,
+    live: &DynamicObject,
+) -> Result<Option<String>, Error> {
+    let namespace = live.namespace().unwrap_or_default();
+    match kind {
+        "Deployment" => placement(client, &namespace, live).await,
+        "HorizontalPodAutoscaler" => Ok(hpa_metrics(&live.data)),
+        "ScaledObject" => {
+            let Some(hpa_name) = live.data.pointer("/status/hpaName").and_then(Value::as_str)
+            else {
+                return Ok(None);
+            };
+            let api: kube::Api<HorizontalPodAutoscaler> =
+                kube::Api::namespaced(client.clone(), &namespace);
+            let hpa = api.get_opt(hpa_name).await.map_err(|e| {
+                Error::kube(format!("reading HorizontalPodAutoscaler {hpa_name}"), &e)
+            })?;
+            Ok(Some(match hpa {
+                None => format!("its HPA {hpa_name} is missing"),
+                Some(hpa) => {
+                    let value = serde_json::to_value(&hpa).unwrap_or_default();
+                    let status = &value["status"];
+                    let mut text = format!(
+                        "HPA {hpa_name}: replicas {} current / {} desired",
+                        status["currentReplicas"].as_i64().unwrap_or(0),
+                        status["desiredReplicas"].as_i64().unwrap_or(0)
+                    );
+                    if let Some(m) = hpa_metrics(&value) {
+                        text.push_str(", ");
+                        text.push_str(&m);
+                    }
+                    text
+                }
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The metrics an HPA (`autoscaling/v2`, as JSON) reports against its targets, e.g.
+/// `cpu 120% (target 75%)` or `s0-prometheus 1250m per pod (target 500m)`.
+fn hpa_metrics(hpa: &Value) -> Option<String> {
+    let specs = hpa.pointer("/spec/metrics")?.as_array()?;
+    let current = hpa
+        .pointer("/status/currentMetrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let (name, target, now) = match spec["type"].as_str() {
+            Some("Resource") => (
+                spec.pointer("/resource/name"),
+                spec.pointer("/resource/target"),
+                current.get(i).and_then(|c| c.pointer("/resource/current")),
+            ),
+            Some("External") => (
+                spec.pointer("/external/metric/name"),
+                spec.pointer("/external/target"),
+                current.get(i).and_then(|c| c.pointer("/external/current")),
+            ),
+            _ => continue,
+        };
+        let name = name.and_then(Value::as_str).unwrap_or("metric");
+        let show = |v: Option<&Value>| -> Option<String> {
+            let v = v?;
+            if let Some(u) = v.get("averageUtilization").and_then(Value::as_i64) {
+                return Some(format!("{u}%"));
+            }
+            for key in ["averageValue", "value"] {
+                if let Some(q) = v.get(key).and_then(Value::as_str) {
+                    let per = if key == "averageValue" {
+                        " per pod"
+                    } else {
+                        ""
+                    };
+                    return Some(format!("{q}{per}"));
+                }
+            }
+            None
+        };
+        let target = show(target).unwrap_or_else(|| "?".to_owned());
+        let now = show(now).unwrap_or_else(|| "not measured yet".to_owned());
+        parts.push(format!("{name} {now} (target {target})"));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// Where a Deployment's pods run, by node pool, and the scheduler's reason for any that wait.
+async fn placement(
+    client: &kube::Client,
+    namespace: &str,
+    live: &DynamicObject,
+) -> Result<Option<String>, Error> {
+    let Some(labels) = live
+        .data
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+    else {
+        return Ok(None);
+    };
+    let selector: Vec<String> = labels
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+        .collect();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("listing the pods of Deployment {}", live.name_any()),
+                &e,
+            )
+        })?;
+    if list.items.is_empty() {
+        return Ok(Some("no pods".to_owned()));
+    }
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    let mut pools: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut pending: Vec<String> = Vec::new();
+    let mut pool_of: std::collections::BTreeMap<String, String> = Default::default();
+    for pod in &list.items {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        match node {
+            Some(node) => {
+                let pool = match pool_of.get(&node) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = match nodes.get_opt(&node).await {
+                            Ok(Some(n)) => node_pool(&n),
+                            _ => node.clone(),
+                        };
+                        pool_of.insert(node.clone(), p.clone());
+                        p
+                    }
+                };
+                *pools.entry(pool).or_default() += 1;
+            }
+            None => {
+                let why = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+                    .and_then(|c| c.message.clone())
+                    .unwrap_or_else(|| "not scheduled yet".to_owned());
+                pending.push(why);
+            }
+        }
+    }
+    let mut parts: Vec<String> = pools
+        .iter()
+        .map(|(pool, n)| format!("{n} on {pool}"))
+        .collect();
+    if let Some(first) = pending.first() {
+        parts.push(format!("{} Pending: {first}", pending.len()));
+    }
+    Ok(Some(parts.join(", ")))
+}
+
+/// A node's pool: its `cloud.google.com/gke-nodepool` label, else `GPU node`/`CPU node` by
+/// whether it has allocatable `nvidia.com/gpu`.
+fn node_pool(node: &Node) -> String {
+    if let Some(pool) = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("cloud.google.com/gke-nodepool"))
+    {
+        return pool.clone();
+    }
+    let gpu = node
+        .status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .and_then(|a| a.get(meshguard_manifests::GPU_RESOURCE))
+        .is_some_and(|q| q.0 != "0");
+    if gpu { "GPU node" } else { "CPU node" }.to_owned()
+}
+
 /// Replicas of Deployments, the HPA's current/desired replicas, KEDA's Ready condition.
 fn health(kind: &str, live: &DynamicObject) -> Option<String> {
     let status = live.data.get("status");
@@ -332,20 +526,29 @@ fn health(kind: &str, live: &DynamicObject) -> Option<String> {
             _ => Some("no status yet (the HPA controller has not run)".to_owned()),
         },
         "ScaledObject" => {
-            let ready = status
+            let conditions = status
                 .and_then(|s| s.get("conditions"))
-                .and_then(Value::as_array)
-                .and_then(|c| {
+                .and_then(Value::as_array);
+            let condition = |kind: &str| {
+                conditions.and_then(|c| {
                     c.iter()
-                        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-                });
-            Some(match ready {
+                        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+                })
+            };
+            Some(match condition("Ready") {
                 Some(c) => {
                     let st = c.get("status").and_then(Value::as_str).unwrap_or("Unknown");
-                    match c.get("message").and_then(Value::as_str) {
+                    let mut text = match c.get("message").and_then(Value::as_str) {
                         Some(m) if st != "True" && !m.is_empty() => format!("Ready={st}: {m}"),
                         _ => format!("Ready={st}"),
+                    };
+                    if let Some(active) = condition("Active")
+                        .and_then(|c| c.get("status"))
+                        .and_then(Value::as_str)
+                    {
+                        text.push_str(&format!(", Active={active}"));
                     }
+                    text
                 }
                 None => "Ready not reported (is KEDA running?)".to_owned(),
             })

@@ -40,6 +40,9 @@ pub(crate) fn is_autoscaled(mesh: &Mesh, service: &str) -> bool {
     }
 }
 
+/// The scale-down stabilization window of `RenderOptions::fast_scale_down`.
+pub const FAST_SCALE_DOWN_WINDOW_SECONDS: i32 = 15;
+
 fn policy(type_: &str, value: i32, period_seconds: i32) -> HPAScalingPolicy {
     HPAScalingPolicy {
         type_: type_.to_owned(),
@@ -51,7 +54,21 @@ fn policy(type_: &str, value: i32, period_seconds: i32) -> HPAScalingPolicy {
 /// Scale up at once (no stabilization, double or +4 pods every 15 s, whichever is more), scale
 /// down calmly (the highest recommendation of the last 5 minutes, at most half the pods a
 /// minute): load spikes are met quickly and a short lull does not throw capacity away.
-fn behavior() -> HorizontalPodAutoscalerBehavior {
+///
+/// `fast_scale_down` (test clusters only) scales down after 15 s of lower demand, all surplus
+/// pods at once: it lets a test watch a whole up-and-down cycle in a few minutes.
+fn behavior(fast_scale_down: bool) -> HorizontalPodAutoscalerBehavior {
+    if fast_scale_down {
+        return HorizontalPodAutoscalerBehavior {
+            scale_down: Some(HPAScalingRules {
+                stabilization_window_seconds: Some(FAST_SCALE_DOWN_WINDOW_SECONDS),
+                select_policy: Some("Max".into()),
+                policies: Some(vec![policy("Percent", 100, 15)]),
+                ..HPAScalingRules::default()
+            }),
+            ..behavior(false)
+        };
+    }
     HorizontalPodAutoscalerBehavior {
         scale_up: Some(HPAScalingRules {
             stabilization_window_seconds: Some(0),
@@ -102,7 +119,7 @@ pub(crate) fn order_service_hpa(
                 }),
                 ..MetricSpec::default()
             }]),
-            behavior: Some(behavior()),
+            behavior: Some(behavior(opts.fast_scale_down)),
         }),
         ..HorizontalPodAutoscaler::default()
     })
@@ -153,11 +170,12 @@ pub(crate) fn user_service_scaled_object(
             },
         }));
     }
-    let behavior = serde_json::to_value(behavior()).map_err(|e| RenderError::Object {
-        kind: "ScaledObject".into(),
-        name: USER_SERVICE.into(),
-        message: e.to_string(),
-    })?;
+    let behavior =
+        serde_json::to_value(behavior(opts.fast_scale_down)).map_err(|e| RenderError::Object {
+            kind: "ScaledObject".into(),
+            name: USER_SERVICE.into(),
+            message: e.to_string(),
+        })?;
     Ok(Some(custom(
         "keda.sh/v1alpha1",
         "ScaledObject",

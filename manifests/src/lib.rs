@@ -42,8 +42,8 @@ use kube::api::DynamicObject;
 use meshguard_mesh::Mesh;
 
 pub use autoscaling::{
-    order_cpu_query, ORDER_CPU_UTILIZATION, ORDER_MAX_REPLICAS, ORDER_MIN_REPLICAS,
-    USER_MAX_REPLICAS, USER_MIN_REPLICAS,
+    order_cpu_query, FAST_SCALE_DOWN_WINDOW_SECONDS, ORDER_CPU_UTILIZATION, ORDER_MAX_REPLICAS,
+    ORDER_MIN_REPLICAS, USER_MAX_REPLICAS, USER_MIN_REPLICAS,
 };
 pub use istio::{bootstrap_override_json, BOOTSTRAP_OVERRIDE_CONFIG_MAP, BOOTSTRAP_OVERRIDE_KEY};
 pub use kinds::{apply_order_kinds, kind_info, kind_of, required_crds, KindInfo};

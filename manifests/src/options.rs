@@ -125,6 +125,13 @@ pub struct RenderOptions {
     /// Give payment-service its GPU (`nvidia.com/gpu: 1`, GPU node affinity and toleration).
     /// Turn off only for clusters without GPUs; other workloads avoid GPU nodes either way.
     pub gpu_enabled: bool,
+    /// The Pod Security level the namespace enforces. `restricted` unless Istio runs without its
+    /// CNI plugin, whose `istio-init` container only `privileged` admits (`meshctl install`
+    /// detects it: `PodSecurity::for_istio`).
+    pub pod_security: crate::PodSecurity,
+    /// For test clusters only: the autoscalers scale down after 15 s of lower demand, all
+    /// surplus pods at once, instead of after 5 minutes and at most half the pods a minute.
+    pub fast_scale_down: bool,
 }
 
 impl RenderOptions {
@@ -155,6 +162,8 @@ impl RenderOptions {
             keda_cpu_activation_threshold: DEFAULT_KEDA_CPU_ACTIVATION_THRESHOLD.to_owned(),
             request_rate_threshold: None,
             gpu_enabled: true,
+            pod_security: crate::PodSecurity::Restricted,
+            fast_scale_down: false,
         }
     }
 

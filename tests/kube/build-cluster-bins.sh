@@ -2,8 +2,12 @@
 # build-cluster-bins.sh: prepares everything the offline test cluster
 # (crate meshguard-testcluster) needs, from pinned sources only:
 #
-#   * kube-apiserver, built from k8s.io/kubernetes (Go module proxy);
+#   * kube-apiserver, kube-scheduler and kube-controller-manager, built from
+#     k8s.io/kubernetes (Go module proxy);
 #   * etcd, built from go.etcd.io/etcd/server/v3 (Go module proxy);
+#   * kwok (simulated nodes and pods) and its stage/metric/usage rules,
+#     metrics-server, Prometheus, and KEDA's operator and metrics adapter, each
+#     built from its own Go module;
 #   * the CRDs of Istio, KEDA and cert-manager, read from their module zips.
 #
 # Versions come from versions.env next to this script. Results are cached
@@ -47,6 +51,10 @@ source "${versions_file}"
 : "${ISTIO_API_VERSION:?versions.env must set ISTIO_API_VERSION}"
 : "${KEDA_VERSION:?versions.env must set KEDA_VERSION}"
 : "${CERT_MANAGER_VERSION:?versions.env must set CERT_MANAGER_VERSION}"
+: "${KWOK_VERSION:?versions.env must set KWOK_VERSION}"
+: "${METRICS_SERVER_VERSION:?versions.env must set METRICS_SERVER_VERSION}"
+: "${PROMETHEUS_VERSION:?versions.env must set PROMETHEUS_VERSION}"
+: "${PROMETHEUS_RELEASE:?versions.env must set PROMETHEUS_RELEASE}"
 
 command -v go >/dev/null 2>&1 || die "go is not on PATH (the binaries are built from Go source)"
 # Our generated module stands alone: no go.work around it may change it.
@@ -56,7 +64,13 @@ export GOWORK=off GO111MODULE=on
 cache_root="${MESHGUARD_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME}/.cache}/meshguard}"
 apiserver_dir="${cache_root}/kube-apiserver-${KUBERNETES_VERSION}"
 etcd_dir="${cache_root}/etcd-${ETCD_VERSION}"
+scheduler_dir="${cache_root}/kube-scheduler-${KUBERNETES_VERSION}"
+controller_manager_dir="${cache_root}/kube-controller-manager-${KUBERNETES_VERSION}"
 gomod_dir="${cache_root}/gomod-kubernetes-${KUBERNETES_VERSION}-etcd-${ETCD_VERSION}"
+kwok_dir="${cache_root}/kwok-${KWOK_VERSION}"
+metrics_server_dir="${cache_root}/metrics-server-${METRICS_SERVER_VERSION}"
+prometheus_dir="${cache_root}/prometheus-${PROMETHEUS_VERSION}"
+keda_dir="${cache_root}/keda-${KEDA_VERSION}"
 crds_root="${cache_root}/crds"
 istio_crds="${crds_root}/istio-${ISTIO_API_VERSION}"
 keda_crds="${crds_root}/keda-${KEDA_VERSION}"
@@ -93,7 +107,7 @@ publish() {
 
 build_binaries() {
 	local k8s_dir minor_patch go_directive staging tmp_out start ldflags key
-	log "building kube-apiserver ${KUBERNETES_VERSION} and etcd ${ETCD_VERSION} with ${go_version} (a cold build takes about 5 minutes on 2 cores)"
+	log "building kube-apiserver, kube-scheduler, kube-controller-manager ${KUBERNETES_VERSION} and etcd ${ETCD_VERSION} with ${go_version} (a cold build takes about 7 minutes on 2 cores)"
 	start="${SECONDS}"
 
 	log "downloading k8s.io/kubernetes@${KUBERNETES_VERSION} to read its go.mod"
@@ -135,22 +149,28 @@ build_binaries() {
 		ldflags+=" -X ${key}.gitTreeState=clean -X ${key}.buildDate=1970-01-01T00:00:00Z"
 	done
 
-	log "compiling (go build -trimpath -ldflags='-s -w ...' ./cmd/kube-apiserver ./cmd/etcd)"
+	log "compiling (go build -trimpath -ldflags='-s -w ...' ./cmd/...)"
 	tmp_out="$(mktemp -d "${cache_root}/.build.XXXXXX")"
-	(cd "${gomod_dir}" && CGO_ENABLED=0 go build -trimpath -ldflags="${ldflags}" -o "${tmp_out}/" ./cmd/kube-apiserver ./cmd/etcd) ||
+	(cd "${gomod_dir}" && CGO_ENABLED=0 go build -trimpath -ldflags="${ldflags}" -o "${tmp_out}/" \
+		./cmd/kube-apiserver ./cmd/kube-scheduler ./cmd/kube-controller-manager ./cmd/etcd) ||
 		die "go build failed (module in ${gomod_dir})"
 
 	log "checking the binaries run"
-	"${tmp_out}/kube-apiserver" --version >&2 || die "built kube-apiserver does not run"
-	"${tmp_out}/etcd" --version >&2 || die "built etcd does not run"
+	local bin dest
+	for bin in kube-apiserver kube-scheduler kube-controller-manager etcd; do
+		"${tmp_out}/${bin}" --version >&2 || die "built ${bin} does not run"
+	done
 
-	mkdir -p -- "${tmp_out}/apiserver" "${tmp_out}/etcd-dir"
-	mv -- "${tmp_out}/kube-apiserver" "${tmp_out}/apiserver/kube-apiserver"
-	mv -- "${tmp_out}/etcd" "${tmp_out}/etcd-dir/etcd"
-	publish "${tmp_out}/apiserver" "${apiserver_dir}" "${bins_stamp}"
-	publish "${tmp_out}/etcd-dir" "${etcd_dir}" "${bins_stamp}"
+	for bin in kube-apiserver:"${apiserver_dir}" kube-scheduler:"${scheduler_dir}" \
+		kube-controller-manager:"${controller_manager_dir}" etcd:"${etcd_dir}"; do
+		dest="${bin#*:}"
+		bin="${bin%%:*}"
+		mkdir -p -- "${tmp_out}/${bin}.d"
+		mv -- "${tmp_out}/${bin}" "${tmp_out}/${bin}.d/${bin}"
+		publish "${tmp_out}/${bin}.d" "${dest}" "${bins_stamp}"
+	done
 	rmdir -- "${tmp_out}"
-	log "built both binaries in $((SECONDS - start))s"
+	log "built the four binaries in $((SECONDS - start))s"
 }
 
 # extract_crds NAME MODULE VERSION DEST REQUIRED_CRD... : copies the CRD YAMLs
@@ -192,9 +212,84 @@ extract_crds() {
 	log "${name} CRDs ${version}: $(find "${dest}" -name '*.yaml' | wc -l) file(s) in ${dest}"
 }
 
+# go_install NAME DEST PACKAGE@VERSION [GO BUILD FLAGS...]: `go install`s one
+# command of a module that can be installed as it is into DEST/NAME.
+go_install() {
+	local name="$1" dest="$2" pkg="$3"
+	shift 3
+	local stamp="recipe=${recipe} ${pkg} go=${go_version} flags=$*"
+	if up_to_date "${dest}" "${stamp}" && [[ -x "${dest}/${name}" ]]; then
+		log "${name} ${pkg#*@}: cached"
+		return 0
+	fi
+	${check_only} && die "${name} ${pkg#*@} is missing or stale in ${dest}; run $0"
+	local tmp start="${SECONDS}"
+	log "building ${name} from ${pkg} (go install)"
+	tmp="$(mktemp -d "${cache_root}/.${name}.XXXXXX")"
+	GOBIN="${tmp}" CGO_ENABLED=0 go install -trimpath "$@" "${pkg}" || die "go install ${pkg} failed"
+	"${tmp}/${name}" --version >&2 || "${tmp}/${name}" --help >/dev/null 2>&1 || die "built ${name} does not run"
+	publish "${tmp}" "${dest}" "${stamp}"
+	log "built ${name} in $((SECONDS - start))s"
+}
+
+# kwok's own stage, metric and usage rules (kustomize/ in its module): node
+# initialisation and heartbeats with leases, pods becoming ready and being
+# deleted, kubelet-style resource metrics, and CPU usage read from each pod's
+# kwok.x-k8s.io/usage-cpu annotation.
+kwok_rules() {
+	local stamp="recipe=${recipe} sigs.k8s.io/kwok@${KWOK_VERSION}"
+	local dest="${kwok_dir}/rules"
+	if up_to_date "${dest}" "${stamp}"; then
+		log "kwok rules ${KWOK_VERSION}: cached"
+		return 0
+	fi
+	${check_only} && die "kwok rules ${KWOK_VERSION} are missing in ${dest}; run $0"
+	local src tmp f
+	src="$(module_dir sigs.k8s.io/kwok "${KWOK_VERSION}")"
+	tmp="$(mktemp -d "${cache_root}/.kwok-rules.XXXXXX")"
+	for f in stage/node/fast/node-initialize.yaml stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+		stage/pod/fast/pod-ready.yaml stage/pod/fast/pod-complete.yaml stage/pod/fast/pod-delete.yaml \
+		metrics/resource/metrics-resource.yaml metrics/usage/usage-from-annotation.yaml kwok/kwok.yaml; do
+		[[ -f "${src}/kustomize/${f}" ]] || die "sigs.k8s.io/kwok@${KWOK_VERSION} has no kustomize/${f}"
+		cp -- "${src}/kustomize/${f}" "${tmp}/$(basename -- "${f}")"
+	done
+	chmod -R u+w -- "${tmp}"
+	publish "${tmp}" "${dest}" "${stamp}"
+	log "kwok rules ${KWOK_VERSION}: $(find "${dest}" -name '*.yaml' | wc -l) file(s) in ${dest}"
+}
+
+# KEDA's go.mod has replace directives, so `go install` refuses it: build its
+# two commands inside a writable copy of the module instead.
+build_keda() {
+	local stamp="recipe=${recipe} github.com/kedacore/keda/v2@${KEDA_VERSION} go=${go_version}"
+	if up_to_date "${keda_dir}" "${stamp}" && [[ -x "${keda_dir}/keda-operator" && -x "${keda_dir}/keda-adapter" ]]; then
+		log "KEDA operator and adapter ${KEDA_VERSION}: cached"
+		return 0
+	fi
+	${check_only} && die "KEDA ${KEDA_VERSION} is missing or stale in ${keda_dir}; run $0"
+	local src tmp work start="${SECONDS}"
+	log "building KEDA's operator and metrics adapter ${KEDA_VERSION} (a cold build takes about 13 minutes on 2 cores)"
+	src="$(module_dir github.com/kedacore/keda/v2 "${KEDA_VERSION}")"
+	tmp="$(mktemp -d "${cache_root}/.keda.XXXXXX")"
+	work="${cache_root}/gomod-keda-${KEDA_VERSION}"
+	rm -rf -- "${work}"
+	cp -R -- "${src}" "${work}"
+	chmod -R u+w -- "${work}"
+	(cd "${work}" && CGO_ENABLED=0 go build -trimpath \
+		-ldflags="-s -w -X=github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v} -X=github.com/kedacore/keda/v2/version.GitCommit=${KEDA_VERSION}" \
+		-o "${tmp}/" ./cmd/operator ./cmd/adapter) || die "go build of KEDA failed (module copy in ${work})"
+	mv -- "${tmp}/operator" "${tmp}/keda-operator"
+	mv -- "${tmp}/adapter" "${tmp}/keda-adapter"
+	"${tmp}/keda-operator" --help >/dev/null 2>&1 || die "built keda-operator does not run"
+	rm -rf -- "${work}"
+	publish "${tmp}" "${keda_dir}" "${stamp}"
+	log "built KEDA in $((SECONDS - start))s"
+}
+
 mkdir -p -- "${cache_root}"
 
 if up_to_date "${apiserver_dir}" "${bins_stamp}" && up_to_date "${etcd_dir}" "${bins_stamp}" &&
+	up_to_date "${scheduler_dir}" "${bins_stamp}" && up_to_date "${controller_manager_dir}" "${bins_stamp}" &&
 	[[ -x "${apiserver_dir}/kube-apiserver" && -x "${etcd_dir}/etcd" ]]; then
 	log "kube-apiserver ${KUBERNETES_VERSION} and etcd ${ETCD_VERSION}: cached"
 elif ${check_only}; then
@@ -202,6 +297,14 @@ elif ${check_only}; then
 else
 	build_binaries
 fi
+
+go_install kwok "${kwok_dir}" "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" -ldflags="-s -w"
+kwok_rules
+go_install metrics-server "${metrics_server_dir}" "sigs.k8s.io/metrics-server/cmd/metrics-server@${METRICS_SERVER_VERSION}" \
+	-ldflags="-s -w -X k8s.io/client-go/pkg/version.gitVersion=${METRICS_SERVER_VERSION}"
+go_install prometheus "${prometheus_dir}" "github.com/prometheus/prometheus/cmd/prometheus@${PROMETHEUS_VERSION}" \
+	-tags=remove_all_sd -ldflags="-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_RELEASE}"
+build_keda
 
 extract_crds istio istio.io/api "${ISTIO_API_VERSION}" "${istio_crds}" \
 	wasmplugins.extensions.istio.io peerauthentications.security.istio.io
@@ -213,5 +316,13 @@ extract_crds cert-manager github.com/cert-manager/cert-manager "${CERT_MANAGER_V
 log "done; cache size: $(du -sh -- "${cache_root}" | cut -f1) in ${cache_root}"
 printf 'export MESHGUARD_KUBE_APISERVER=%q\n' "${apiserver_dir}/kube-apiserver"
 printf 'export MESHGUARD_ETCD=%q\n' "${etcd_dir}/etcd"
+printf 'export MESHGUARD_KUBE_SCHEDULER=%q\n' "${scheduler_dir}/kube-scheduler"
+printf 'export MESHGUARD_KUBE_CONTROLLER_MANAGER=%q\n' "${controller_manager_dir}/kube-controller-manager"
+printf 'export MESHGUARD_KWOK=%q\n' "${kwok_dir}/kwok"
+printf 'export MESHGUARD_KWOK_RULES=%q\n' "${kwok_dir}/rules"
+printf 'export MESHGUARD_METRICS_SERVER=%q\n' "${metrics_server_dir}/metrics-server"
+printf 'export MESHGUARD_PROMETHEUS=%q\n' "${prometheus_dir}/prometheus"
+printf 'export MESHGUARD_KEDA_OPERATOR=%q\n' "${keda_dir}/keda-operator"
+printf 'export MESHGUARD_KEDA_ADAPTER=%q\n' "${keda_dir}/keda-adapter"
 printf 'export MESHGUARD_CRDS_DIR=%q\n' "${crds_root}"
 printf '# CRD sets: %q %q %q\n' "${istio_crds}" "${keda_crds}" "${cert_manager_crds}"

@@ -32,6 +32,14 @@ pub struct Versions {
     pub keda: String,
     /// `github.com/cert-manager/cert-manager` tag the cert-manager CRDs come from.
     pub cert_manager: String,
+    /// `sigs.k8s.io/kwok` tag kwok and its rules come from.
+    pub kwok: String,
+    /// `sigs.k8s.io/metrics-server` tag.
+    pub metrics_server: String,
+    /// `github.com/prometheus/prometheus` module tag (`v0.316.0`).
+    pub prometheus: String,
+    /// The Prometheus release that module tag is (`3.16.0`).
+    pub prometheus_release: String,
 }
 
 impl Versions {
@@ -70,6 +78,10 @@ impl Versions {
             istio_api: get("ISTIO_API_VERSION")?,
             keda: get("KEDA_VERSION")?,
             cert_manager: get("CERT_MANAGER_VERSION")?,
+            kwok: get("KWOK_VERSION")?,
+            metrics_server: get("METRICS_SERVER_VERSION")?,
+            prometheus: get("PROMETHEUS_VERSION")?,
+            prometheus_release: get("PROMETHEUS_RELEASE")?,
         })
     }
 }
@@ -148,6 +160,95 @@ impl Artifacts {
             kube_apiserver: kube_apiserver.0,
             etcd: etcd.0,
             crds_dir: crds_dir.0,
+        })
+    }
+}
+
+/// The local cluster's other components: one binary each (kwok's rules are a
+/// directory of YAML files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalArtifacts {
+    /// kube-scheduler.
+    pub kube_scheduler: PathBuf,
+    /// kube-controller-manager.
+    pub kube_controller_manager: PathBuf,
+    /// kwok.
+    pub kwok: PathBuf,
+    /// kwok's stages, metrics and usage rules (`*.yaml`).
+    pub kwok_rules: PathBuf,
+    /// metrics-server.
+    pub metrics_server: PathBuf,
+    /// Prometheus.
+    pub prometheus: PathBuf,
+    /// KEDA's operator.
+    pub keda_operator: PathBuf,
+    /// KEDA's metrics adapter.
+    pub keda_adapter: PathBuf,
+}
+
+impl LocalArtifacts {
+    /// Locates every component: `$MESHGUARD_<NAME>` (as `build-cluster-bins.sh`
+    /// prints them), else the versioned path in the cache. Each must exist.
+    pub fn locate() -> Result<Self> {
+        let v = Versions::pinned()?;
+        let find = |what: &str, env: &str, dir: String, file: &str| -> Result<PathBuf> {
+            let (path, origin) = pick(None, env, || Ok(cache_root()?.join(dir).join(file)))?;
+            if path.exists() {
+                Ok(path)
+            } else {
+                Err(Error::MissingArtifact {
+                    what: what.to_owned(),
+                    path,
+                    source_of_path: origin,
+                    script: build_script(),
+                })
+            }
+        };
+        let k8s = &v.kubernetes;
+        Ok(Self {
+            kube_scheduler: find(
+                "kube-scheduler",
+                "MESHGUARD_KUBE_SCHEDULER",
+                format!("kube-scheduler-{k8s}"),
+                "kube-scheduler",
+            )?,
+            kube_controller_manager: find(
+                "kube-controller-manager",
+                "MESHGUARD_KUBE_CONTROLLER_MANAGER",
+                format!("kube-controller-manager-{k8s}"),
+                "kube-controller-manager",
+            )?,
+            kwok: find("kwok", "MESHGUARD_KWOK", format!("kwok-{}", v.kwok), "kwok")?,
+            kwok_rules: find(
+                "kwok's rules",
+                "MESHGUARD_KWOK_RULES",
+                format!("kwok-{}", v.kwok),
+                "rules",
+            )?,
+            metrics_server: find(
+                "metrics-server",
+                "MESHGUARD_METRICS_SERVER",
+                format!("metrics-server-{}", v.metrics_server),
+                "metrics-server",
+            )?,
+            prometheus: find(
+                "prometheus",
+                "MESHGUARD_PROMETHEUS",
+                format!("prometheus-{}", v.prometheus),
+                "prometheus",
+            )?,
+            keda_operator: find(
+                "keda-operator",
+                "MESHGUARD_KEDA_OPERATOR",
+                format!("keda-{}", v.keda),
+                "keda-operator",
+            )?,
+            keda_adapter: find(
+                "keda-adapter",
+                "MESHGUARD_KEDA_ADAPTER",
+                format!("keda-{}", v.keda),
+                "keda-adapter",
+            )?,
         })
     }
 }

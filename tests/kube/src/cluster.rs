@@ -56,6 +56,8 @@ pub struct TestClusterOptions {
     pub keep_dir: bool,
     /// How many times to start over when a picked port turned out to be taken.
     pub start_attempts: u32,
+    /// Where the cluster directory is created (default: the system's temp dir).
+    pub parent_dir: Option<PathBuf>,
 }
 
 impl Default for TestClusterOptions {
@@ -73,6 +75,7 @@ impl Default for TestClusterOptions {
             extra_apiserver_args: Vec::new(),
             keep_dir: keep,
             start_attempts: 3,
+            parent_dir: None,
         }
     }
 }
@@ -123,10 +126,13 @@ impl TestCluster {
     }
 
     async fn start_once(opts: &TestClusterOptions, artifacts: &Artifacts) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("meshguard-testcluster-")
-            .tempdir()
-            .map_err(|e| Error::io("cannot create the cluster directory", e))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("meshguard-testcluster-");
+        let dir = match &opts.parent_dir {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| Error::io("cannot create the cluster directory", e))?;
         match Self::launch(opts, artifacts, dir.path().to_path_buf()).await {
             Ok(mut cluster) => {
                 cluster.dir = Some(dir);
@@ -415,7 +421,7 @@ impl Drop for TestCluster {
 
 /// Makes sure rustls has a process-wide crypto provider (ring); kube's
 /// `rustls-tls` feature does not pick one by itself.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     // Err means one is installed already, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -458,26 +464,29 @@ current-context: {CONTEXT_NAME}
 }
 
 /// `--flag=` followed by a path.
-fn arg(flag: &str, path: impl AsRef<Path>) -> OsString {
+pub(crate) fn arg(flag: &str, path: impl AsRef<Path>) -> OsString {
     let mut out = OsString::from(flag);
     out.push(path.as_ref());
     out
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
-/// Three distinct free loopback ports. The listeners are held together so the
+/// `N` distinct free loopback ports. The listeners are held together so the
 /// ports differ, then released for the processes to bind; another process may
 /// grab one in between, which `TestCluster::start` retries.
-fn free_ports() -> Result<[u16; 3]> {
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
     let bind = || {
         TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .map_err(|e| Error::io("cannot bind a loopback port", e))
     };
-    let listeners = [bind()?, bind()?, bind()?];
-    let mut ports = [0u16; 3];
+    let mut listeners = Vec::with_capacity(N);
+    for _ in 0..N {
+        listeners.push(bind()?);
+    }
+    let mut ports = [0u16; N];
     for (port, listener) in ports.iter_mut().zip(&listeners) {
         *port = listener
             .local_addr()
@@ -496,7 +505,12 @@ fn is_port_clash(e: &Error) -> bool {
     }
 }
 
-fn not_ready(process: &Supervised, name: &'static str, timeout: Duration, last: String) -> Error {
+pub(crate) fn not_ready(
+    process: &Supervised,
+    name: &'static str,
+    timeout: Duration,
+    last: String,
+) -> Error {
     Error::NotReady {
         name,
         timeout,
@@ -530,7 +544,7 @@ async fn wait_etcd_healthy(
 
 /// A minimal HTTP/1.0 GET against 127.0.0.1 (etcd serves plain HTTP here);
 /// returns the whole response, headers included.
-async fn http_get_loopback(port: u16, path: &str) -> std::io::Result<String> {
+pub(crate) async fn http_get_loopback(port: u16, path: &str) -> std::io::Result<String> {
     let io = async {
         let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
         stream

@@ -130,6 +130,14 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// A load pulse did not go as expected.
+    #[error("load pulse: {0}")]
+    Pulse(String),
+
+    /// The cluster was used after it stopped.
+    #[error("the cluster has been stopped")]
+    Stopped,
+
     /// A CRD file could not be parsed.
     #[error("invalid CRD file {}: {message}", path.display())]
     InvalidCrd {

@@ -1,6 +1,9 @@
 //! An offline Kubernetes test cluster: a real kube-apiserver and etcd, started
 //! and stopped by tests, plus the CRDs of pinned Istio, KEDA and cert-manager
-//! versions.
+//! versions ([`TestCluster`]); and the local cluster ([`LocalCluster`]), which
+//! adds the real scheduler and controllers, kwok's simulated nodes,
+//! metrics-server, Prometheus and KEDA, so that workloads are scheduled and
+//! autoscaled.
 //!
 //! The binaries are built from Go source and the CRDs read from Go module zips
 //! by `tests/kube/build-cluster-bins.sh`, at the versions pinned in
@@ -23,8 +26,8 @@
 //! # }
 //! ```
 //!
-//! What the cluster is not: there is no kube-controller-manager, scheduler or
-//! kubelet. Objects are stored, validated, defaulted and admitted, but nothing
+//! What the bare [`TestCluster`] is not: there is no kube-controller-manager,
+//! scheduler or kubelet. Objects are stored, validated, defaulted and admitted, but nothing
 //! reconciles them: Deployments never get Pods, namespaces stay `Terminating`
 //! after deletion (see [`TestCluster::finalize_namespace`]), no ServiceAccount
 //! tokens or `default` ServiceAccounts appear, and webhooks of the installed
@@ -34,15 +37,22 @@ mod artifacts;
 mod cluster;
 mod crds;
 mod error;
+pub mod load;
+mod local;
 mod pki;
 mod process;
+pub mod pulse;
 mod simulate;
 
 pub use artifacts::{
-    build_script, cache_root, Artifacts, Versions, ENV_CACHE_DIR, ENV_CRDS_DIR, ENV_ETCD,
-    ENV_KUBE_APISERVER, VERSIONS_ENV,
+    build_script, cache_root, Artifacts, LocalArtifacts, Versions, ENV_CACHE_DIR, ENV_CRDS_DIR,
+    ENV_ETCD, ENV_KUBE_APISERVER, VERSIONS_ENV,
 };
 pub use cluster::{TestCluster, TestClusterOptions, ADMIN_USER, CONTEXT_NAME, ENV_KEEP};
 pub use crds::{load_crds, CrdSet, FIELD_MANAGER};
 pub use error::{Error, Result};
+pub use local::{
+    LocalCluster, LocalClusterOptions, CPU_POOL, EXTERNAL_METRICS_APISERVICE, GPU_POOL,
+    KEDA_NAMESPACE, LOCAL_MANAGER,
+};
 pub use simulate::{CPU_NODE, GPU_NODE, METRICS_APISERVICE, SIMULATE_MANAGER};

@@ -1,5 +1,7 @@
-//! Key material: the admin token, the service-account signing key, and the
-//! apiserver's self-signed serving CA read back from `--cert-dir`.
+//! Key material: the admin token, the service-account signing key, the
+//! apiserver's self-signed serving CA read back from `--cert-dir`, and a small
+//! CA for the local cluster's other components (the front proxy of the
+//! aggregation layer, metrics-server, KEDA, kwok's kubelet endpoint).
 
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -42,6 +44,78 @@ pub(crate) fn service_account_key() -> Result<(String, String)> {
     let mut spki = SPKI_P256_PREFIX.to_vec();
     spki.extend_from_slice(point);
     Ok((pem("PRIVATE KEY", pkcs8.as_ref()), pem("PUBLIC KEY", &spki)))
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub(crate) struct Pair {
+    /// The certificate.
+    pub(crate) cert: String,
+    /// Its PKCS#8 private key.
+    pub(crate) key: String,
+}
+
+/// A fresh ECDSA P-256 certificate authority that signs the local cluster's
+/// component certificates.
+pub(crate) struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+fn rcgen_error(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
+    move |e| Error::Crypto(format!("{what}: {e}"))
+}
+
+impl Ca {
+    /// A self-signed CA whose common name is `name`.
+    pub(crate) fn new(name: &str) -> Result<Self> {
+        let key = rcgen::KeyPair::generate().map_err(rcgen_error("generating a CA key"))?;
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key)
+            .map_err(rcgen_error("signing the CA certificate"))?;
+        Ok(Self { issuer })
+    }
+
+    /// The CA certificate (PEM).
+    pub(crate) fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A certificate for `common_name`, valid for TLS servers at `sans` (DNS
+    /// names or IP addresses) and as a TLS client.
+    pub(crate) fn issue(&self, common_name: &str, sans: &[&str]) -> Result<Pair> {
+        let key = rcgen::KeyPair::generate().map_err(rcgen_error("generating a key"))?;
+        let names: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names)
+            .map_err(rcgen_error("invalid subject alternative name"))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(rcgen_error("signing a certificate"))?;
+        Ok(Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
 }
 
 /// PEM-encodes `der` with the given label.
@@ -96,6 +170,17 @@ mod tests {
         assert!(private.starts_with("-----BEGIN PRIVATE KEY-----\n"));
         assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"));
         assert!(public.ends_with("-----END PUBLIC KEY-----\n"));
+        Ok(())
+    }
+
+    #[test]
+    fn ca_issues_leaf_certificates() -> Result<()> {
+        let ca = Ca::new("meshguard-test-ca")?;
+        assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        let leaf = ca.issue("leaf", &["metrics-server.kube-system.svc", "127.0.0.1"])?;
+        assert_eq!(certificates(&leaf.cert).len(), 1);
+        assert!(leaf.key.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(ca.issue("bad", &["not a name!"]).is_err());
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! Supervised child processes (etcd, kube-apiserver).
+//! Supervised child processes (etcd, kube-apiserver and the local cluster's
+//! other components).
 //!
 //! Each child gets a dedicated monitor thread that spawns it and waits for it.
 //! That thread is the child's parent thread for `PR_SET_PDEATHSIG`, which
@@ -49,6 +50,17 @@ impl Supervised {
         args: Vec<OsString>,
         log: PathBuf,
     ) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Supervised::spawn`] with extra environment variables.
+    pub(crate) fn spawn_with_env(
+        name: &'static str,
+        program: &Path,
+        args: Vec<OsString>,
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<Self> {
         let log_file = File::options()
             .create(true)
             .append(true)
@@ -60,6 +72,7 @@ impl Supervised {
         let mut command = Command::new(program);
         command
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(stderr)
@@ -97,6 +110,10 @@ impl Supervised {
                 })
             }
         }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
     }
 
     pub(crate) fn pid(&self) -> u32 {

@@ -1,80 +1,193 @@
-//! `meshguard-devcluster`: runs the offline test cluster for manual use (for
-//! example `meshctl install` against it), until stdin closes or SIGINT/SIGTERM.
+//! `meshguard-devcluster`: runs the local cluster for manual use (`meshctl install` against
+//! it, kubectl, watching the autoscalers), sets a service's simulated load, and drives a load
+//! pulse with a timeline.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use meshguard_testcluster::{CrdSet, TestCluster, TestClusterOptions, Versions};
+use meshguard_testcluster::pulse::{self, PulseOptions};
+use meshguard_testcluster::{
+    load, CrdSet, LocalCluster, LocalClusterOptions, TestCluster, TestClusterOptions, Versions,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "\
-usage: meshguard-devcluster [--crds LIST] [--simulate LIST] [--kubeconfig PATH] [--ignore-stdin]
+usage: meshguard-devcluster [up] [OPTIONS]
+       meshguard-devcluster load --kubeconfig PATH [--namespace NS] DEPLOYMENT CPU
+       meshguard-devcluster pulse --kubeconfig PATH [--namespace NS] [--cpu CPU]
+                                  [--for SECONDS] [--settle-timeout SECONDS]
 
-Starts etcd and kube-apiserver on loopback (binaries from
-tests/kube/build-cluster-bins.sh), installs the pinned CRDs, prints
-`KUBECONFIG=<path>` on stdout once the cluster is ready, and runs until stdin
-closes, or SIGINT/SIGTERM arrives; then it stops both processes.
+up (the default) starts the local cluster: kube-apiserver and etcd, kube-scheduler,
+kube-controller-manager, kwok (simulated nodes: a CPU pool and a GPU pool),
+metrics-server, Prometheus and KEDA, all on loopback (binaries from
+tests/kube/build-cluster-bins.sh). Once ready it prints KUBECONFIG=<path> and
+PROMETHEUS_URL=<url> on stdout and runs until stdin closes or SIGINT/SIGTERM
+arrives; then it stops every process.
 
-options:
+  --cpu-nodes N      nodes in the CPU pool (default 2)
+  --gpu-nodes N      nodes in the GPU pool, one nvidia.com/gpu each (default 1;
+                     0 for a cluster without GPUs)
   --crds LIST        CRD sets to install, comma-separated, from istio, keda,
                      cert-manager, all, none (default: all)
-  --simulate LIST    stand-ins to register, comma-separated: gpu-node (a GPU
-                     node and a CPU node as Node objects, labelled and tainted
-                     like a GKE GPU pool), metrics-api (the metrics.k8s.io
-                     APIService); nothing runs on them (default: none)
+  --api-only         only kube-apiserver and etcd: objects are stored, nothing
+                     is scheduled or reconciled
+  --simulate LIST    with --api-only: stand-ins to register, comma-separated:
+                     gpu-node (a GPU node and a CPU node as Node objects),
+                     metrics-api (the metrics.k8s.io APIService, not served)
   --kubeconfig PATH  also write the admin kubeconfig to PATH (when ready)
+  --info PATH        also write the KUBECONFIG= and PROMETHEUS_URL= lines to
+                     PATH (when ready)
   --ignore-stdin     do not stop when stdin closes (for running in the
                      background with stdin on /dev/null)
+
+load sets the simulated CPU a Deployment uses in all, in cores (2, 0.5) or
+millicores (1500m); the cluster divides it over the Deployment's running pods,
+so scaling out lowers each pod's usage. 0 ends the load. It is the annotation
+meshguard.dev/simulated-cpu on the Deployment (kubectl annotate works too).
+
+pulse puts --cpu (default 2) on order-service for --for seconds (default 90),
+then takes it off, and prints a timeline (time, load, each service's replicas
+and node pools) until every service is back where it started, at most
+--settle-timeout seconds (default 600) after the load ends.
+
   -h, --help         show this help
 
-environment: MESHGUARD_KUBE_APISERVER, MESHGUARD_ETCD, MESHGUARD_CRDS_DIR,
-MESHGUARD_CACHE_DIR, MESHGUARD_TESTCLUSTER_KEEP (keep the cluster directory).";
+environment: MESHGUARD_<COMPONENT> (binaries, as build-cluster-bins.sh prints
+them), MESHGUARD_CACHE_DIR, MESHGUARD_TESTCLUSTER_KEEP (keep the cluster
+directory with every component's log).";
 
-struct Args {
+struct UpArgs {
     crds: Vec<CrdSet>,
+    api_only: bool,
     simulate_nodes: bool,
     simulate_metrics_api: bool,
+    cpu_nodes: u32,
+    gpu_nodes: u32,
     kubeconfig: Option<PathBuf>,
+    info: Option<PathBuf>,
     ignore_stdin: bool,
 }
 
-fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args {
+struct ClientArgs {
+    kubeconfig: PathBuf,
+    namespace: String,
+}
+
+enum Command {
+    Up(UpArgs),
+    Load {
+        target: ClientArgs,
+        deployment: String,
+        millis: u64,
+    },
+    Pulse {
+        target: ClientArgs,
+        millis: u64,
+        duration: Duration,
+        settle_timeout: Duration,
+    },
+}
+
+fn value(it: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
+    it.next().ok_or(format!("{flag} needs a value"))
+}
+
+fn number(text: &str, flag: &str) -> Result<u32, String> {
+    text.parse()
+        .map_err(|_| format!("{flag}: `{text}` is not a whole number"))
+}
+
+fn parse_args() -> Result<Option<Command>, String> {
+    let mut it = std::env::args().skip(1).peekable();
+    let command = match it.peek().map(String::as_str) {
+        Some("load" | "pulse" | "up") => it.next().unwrap_or_default(),
+        _ => "up".to_owned(),
+    };
+    let mut up = UpArgs {
         crds: CrdSet::ALL.to_vec(),
+        api_only: false,
         simulate_nodes: false,
         simulate_metrics_api: false,
+        cpu_nodes: 2,
+        gpu_nodes: 1,
         kubeconfig: None,
+        info: None,
         ignore_stdin: false,
     };
-    let mut it = std::env::args_os().skip(1);
+    let mut namespace = "meshguard".to_owned();
+    let mut positional = Vec::new();
+    let mut cpu = "2".to_owned();
+    let mut duration = 90u32;
+    let mut settle = 600u32;
     while let Some(arg) = it.next() {
-        match arg.to_str() {
-            Some("-h" | "--help") => return Ok(None),
-            Some("--ignore-stdin") => args.ignore_stdin = true,
-            Some("--kubeconfig") => {
-                let path = it.next().ok_or("--kubeconfig needs a path")?;
-                args.kubeconfig = Some(PathBuf::from(path));
-            }
-            Some("--simulate") => {
-                let list = it.next().ok_or("--simulate needs a list")?;
-                for name in list.to_str().ok_or("--simulate: not UTF-8")?.split(',') {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--ignore-stdin" => up.ignore_stdin = true,
+            "--api-only" => up.api_only = true,
+            "--kubeconfig" => up.kubeconfig = Some(PathBuf::from(value(&mut it, &arg)?)),
+            "--info" => up.info = Some(PathBuf::from(value(&mut it, &arg)?)),
+            "--namespace" | "-n" => namespace = value(&mut it, &arg)?,
+            "--cpu-nodes" => up.cpu_nodes = number(&value(&mut it, &arg)?, &arg)?,
+            "--gpu-nodes" => up.gpu_nodes = number(&value(&mut it, &arg)?, &arg)?,
+            "--cpu" => cpu = value(&mut it, &arg)?,
+            "--for" => duration = number(&value(&mut it, &arg)?, &arg)?,
+            "--settle-timeout" => settle = number(&value(&mut it, &arg)?, &arg)?,
+            "--simulate" => {
+                for name in value(&mut it, &arg)?.split(',') {
                     match name.trim() {
-                        "gpu-node" => args.simulate_nodes = true,
-                        "metrics-api" => args.simulate_metrics_api = true,
+                        "gpu-node" => up.simulate_nodes = true,
+                        "metrics-api" => up.simulate_metrics_api = true,
                         "" | "none" => {}
                         other => return Err(format!("unknown --simulate item {other:?}")),
                     }
                 }
             }
-            Some("--crds") => {
-                let list = it.next().ok_or("--crds needs a list")?;
-                let list = list.to_str().ok_or("--crds: not UTF-8")?.to_owned();
-                args.crds = parse_crds(&list)?;
-            }
+            "--crds" => up.crds = parse_crds(&value(&mut it, &arg)?)?,
+            other if !other.starts_with('-') => positional.push(arg),
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
-    Ok(Some(args))
+    let target = |kubeconfig: Option<PathBuf>| -> Result<ClientArgs, String> {
+        Ok(ClientArgs {
+            kubeconfig: kubeconfig.ok_or(format!("{command} needs --kubeconfig"))?,
+            namespace: namespace.clone(),
+        })
+    };
+    match command.as_str() {
+        "load" => {
+            let [deployment, cpu] = <[String; 2]>::try_from(positional)
+                .map_err(|_| "load needs a DEPLOYMENT and a CPU value".to_owned())?;
+            Ok(Some(Command::Load {
+                target: target(up.kubeconfig)?,
+                deployment,
+                millis: load::parse_load(&cpu)?,
+            }))
+        }
+        "pulse" => {
+            if !positional.is_empty() {
+                return Err(format!("unexpected arguments {positional:?}"));
+            }
+            Ok(Some(Command::Pulse {
+                target: target(up.kubeconfig)?,
+                millis: load::parse_load(&cpu)?,
+                duration: Duration::from_secs(duration.into()),
+                settle_timeout: Duration::from_secs(settle.into()),
+            }))
+        }
+        _ => {
+            if !positional.is_empty() {
+                return Err(format!("unexpected arguments {positional:?}"));
+            }
+            if !up.api_only && (up.simulate_nodes || up.simulate_metrics_api) {
+                return Err(
+                    "--simulate goes with --api-only: the full cluster has real nodes and metrics"
+                        .to_owned(),
+                );
+            }
+            Ok(Some(Command::Up(up)))
+        }
+    }
 }
 
 fn parse_crds(list: &str) -> Result<Vec<CrdSet>, String> {
@@ -97,8 +210,8 @@ fn parse_crds(list: &str) -> Result<Vec<CrdSet>, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(args)) => args,
+    let command = match parse_args() {
+        Ok(Some(command)) => command,
         Ok(None) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -108,7 +221,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args).await {
+    let result = match command {
+        Command::Up(args) => up(args).await,
+        Command::Load {
+            target,
+            deployment,
+            millis,
+        } => set_load(&target, &deployment, millis).await,
+        Command::Pulse {
+            target,
+            millis,
+            duration,
+            settle_timeout,
+        } => run_pulse(&target, millis, duration, settle_timeout).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshguard-devcluster: {e}");
@@ -117,7 +244,66 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+type AnyResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn client(target: &ClientArgs) -> Result<kube::Client, Box<dyn std::error::Error>> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&target.kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn set_load(target: &ClientArgs, deployment: &str, millis: u64) -> AnyResult {
+    let client = client(target).await?;
+    load::set_load(&client, &target.namespace, deployment, millis).await?;
+    eprintln!(
+        "meshguard-devcluster: {}/{deployment} now uses {:.2} cores in all, spread over its running pods",
+        target.namespace,
+        millis as f64 / 1000.0
+    );
+    Ok(())
+}
+
+async fn run_pulse(
+    target: &ClientArgs,
+    millis: u64,
+    duration: Duration,
+    settle_timeout: Duration,
+) -> AnyResult {
+    let client = client(target).await?;
+    let opts = PulseOptions {
+        namespace: target.namespace.clone(),
+        target: "order-service".to_owned(),
+        services: ["order-service", "user-service", "payment-service"]
+            .map(str::to_owned)
+            .to_vec(),
+        millis,
+        duration,
+        settle_timeout,
+        heartbeat: Duration::from_secs(15),
+    };
+    let m = pulse::run(&client, &opts, |line| println!("{line}")).await?;
+    let secs = |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("+{}s", d.as_secs()));
+    println!();
+    println!(
+        "load start to order-service's first scale-up: {}",
+        secs(m.first_scale_up)
+    );
+    for (service, (peak, at)) in &m.peaks {
+        println!(
+            "{service}: at most {peak} replicas, first at +{}s",
+            at.as_secs()
+        );
+    }
+    println!(
+        "load end: {}; every service back at rest: {}",
+        secs(m.load_end),
+        secs(m.settled)
+    );
+    Ok(())
+}
+
+async fn up(args: UpArgs) -> AnyResult {
     // Register the handlers first: a signal during startup stops cleanly too.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -131,55 +317,97 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let _ = stdin_closed_tx.blocking_send(());
             })?;
     }
-
     let versions = Versions::pinned()?;
-    eprintln!(
-        "meshguard-devcluster: starting kube-apiserver {} and etcd {}",
-        versions.kubernetes, versions.etcd
-    );
-    let cluster = tokio::select! {
-        cluster = TestCluster::start(TestClusterOptions::default()) => cluster?,
-        _ = sigint.recv() => return Ok(()),
-        _ = sigterm.recv() => return Ok(()),
-    };
-    if !args.crds.is_empty() {
-        let names: Vec<String> = args
-            .crds
-            .iter()
-            .map(|s| format!("{s} {}", s.version(&versions)))
-            .collect();
+    let started = std::time::Instant::now();
+    enum Running {
+        Full(LocalCluster),
+        ApiOnly(TestCluster),
+    }
+    let running = if args.api_only {
         eprintln!(
-            "meshguard-devcluster: installing CRDs: {}",
-            names.join(", ")
+            "meshguard-devcluster: starting kube-apiserver {} and etcd {} (objects are stored, not run)",
+            versions.kubernetes, versions.etcd
         );
-        cluster.install_crds(&args.crds).await?;
-    }
-    if args.simulate_nodes {
-        eprintln!("meshguard-devcluster: registering a GPU node and a CPU node (objects only)");
-        cluster.simulate_nodes().await?;
-    }
-    if args.simulate_metrics_api {
-        eprintln!("meshguard-devcluster: registering the metrics.k8s.io APIService (not served)");
-        cluster.simulate_metrics_api().await?;
-    }
+        let cluster = tokio::select! {
+            c = TestCluster::start(TestClusterOptions::default()) => c?,
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+        };
+        if !args.crds.is_empty() {
+            cluster.install_crds(&args.crds).await?;
+        }
+        if args.simulate_nodes {
+            cluster.simulate_nodes().await?;
+        }
+        if args.simulate_metrics_api {
+            cluster.simulate_metrics_api().await?;
+        }
+        Running::ApiOnly(cluster)
+    } else {
+        eprintln!(
+            "meshguard-devcluster: starting Kubernetes {} (apiserver, scheduler, controller manager), etcd {}, kwok {} ({} CPU node(s), {} GPU node(s)), metrics-server {}, Prometheus {}, KEDA {}",
+            versions.kubernetes,
+            versions.etcd,
+            versions.kwok,
+            args.cpu_nodes,
+            args.gpu_nodes,
+            versions.metrics_server,
+            versions.prometheus_release,
+            versions.keda
+        );
+        let opts = LocalClusterOptions {
+            cpu_nodes: args.cpu_nodes,
+            gpu_nodes: args.gpu_nodes,
+            crds: args.crds.clone(),
+            ..LocalClusterOptions::default()
+        };
+        let cluster = tokio::select! {
+            c = LocalCluster::start(opts) => c?,
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+        };
+        Running::Full(cluster)
+    };
+    let (own_kubeconfig, dir, prometheus) = match &running {
+        Running::Full(c) => (
+            c.kubeconfig_path()?.to_path_buf(),
+            c.dir().to_path_buf(),
+            Some(c.prometheus_url().to_owned()),
+        ),
+        Running::ApiOnly(c) => (
+            c.kubeconfig_path().to_path_buf(),
+            c.dir().to_path_buf(),
+            None,
+        ),
+    };
     if let Some(path) = &args.kubeconfig {
         // Write next to the target, then rename: watchers never see half a file.
         let tmp = path.with_extension("meshguard-devcluster.tmp");
-        std::fs::copy(cluster.kubeconfig_path(), &tmp)?;
+        std::fs::copy(&own_kubeconfig, &tmp)?;
         std::fs::rename(&tmp, path)?;
     }
-    let kubeconfig = args
-        .kubeconfig
-        .as_deref()
-        .unwrap_or(cluster.kubeconfig_path());
+    let kubeconfig = args.kubeconfig.clone().unwrap_or(own_kubeconfig);
+    let mut info = format!("KUBECONFIG={}\n", kubeconfig.display());
+    if let Some(url) = &prometheus {
+        info.push_str(&format!("PROMETHEUS_URL={url}\n"));
+    }
+    if let Some(path) = &args.info {
+        let tmp = path.with_extension("meshguard-devcluster.tmp");
+        std::fs::write(&tmp, &info)?;
+        std::fs::rename(&tmp, path)?;
+    }
     eprintln!(
-        "meshguard-devcluster: ready at {} (logs in {})\n  export KUBECONFIG={}\n  stop with Ctrl-C{}",
-        cluster.server_url(),
-        cluster.dir().display(),
+        "meshguard-devcluster: ready in {:.1}s (logs in {})\n  export KUBECONFIG={}{}\n  stop with Ctrl-C{}",
+        started.elapsed().as_secs_f64(),
+        dir.display(),
         kubeconfig.display(),
+        prometheus
+            .as_ref()
+            .map(|u| format!("\n  Prometheus: {u} (pass it to meshctl install --prometheus-address)"))
+            .unwrap_or_default(),
         if args.ignore_stdin { "" } else { " or by closing stdin" },
     );
-    println!("KUBECONFIG={}", kubeconfig.display());
+    print!("{info}");
 
     let why = tokio::select! {
         _ = sigint.recv() => "SIGINT",
@@ -187,9 +415,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         _ = stdin_closed.recv(), if !args.ignore_stdin => "stdin closed",
     };
     eprintln!("meshguard-devcluster: {why}; stopping");
-    if let Some(path) = &args.kubeconfig {
+    for path in [&args.kubeconfig, &args.info].into_iter().flatten() {
         let _ = std::fs::remove_file(path);
     }
-    cluster.stop()?;
+    match running {
+        Running::Full(c) => c.stop()?,
+        Running::ApiOnly(c) => c.stop()?,
+    }
     Ok(())
 }

@@ -1,0 +1,22 @@
+// Command kube-scheduler is the meshguard local cluster's scheduler.
+//
+// It is the same program as k8s.io/kubernetes/cmd/kube-scheduler, rebuilt from
+// the module proxy in the generated module that build-cluster-bins.sh writes
+// (see kube-apiserver/main.go for why).
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"          // for JSON log format registration
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // load all the prometheus client-go plugins
+	_ "k8s.io/component-base/metrics/prometheus/version"  // for version metric registration
+	"k8s.io/kubernetes/cmd/kube-scheduler/app"
+)
+
+func main() {
+	command := app.NewSchedulerCommand()
+	code := cli.Run(command)
+	os.Exit(code)
+}

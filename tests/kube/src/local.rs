@@ -1,0 +1,939 @@
+//! The local cluster: the test cluster's kube-apiserver and etcd, plus
+//! kube-scheduler and kube-controller-manager (the real Kubernetes scheduler,
+//! Deployment/ReplicaSet/HPA/namespace/service-account controllers), kwok (the
+//! nodes, the pods' lifecycle and their simulated usage), metrics-server (the
+//! resource metrics API the HPA reads), Prometheus (scraping kwok's
+//! kubelet-style metrics) and KEDA's operator and metrics adapter. Every
+//! component is a host process on loopback, started and stopped here by pid,
+//! with its log in the cluster directory.
+//!
+//! What is real: every controller, the scheduler, the API server and its
+//! admission, metrics-server, Prometheus, KEDA. What is simulated: the nodes
+//! (kwok answers for them) and the CPU each pod uses, driven by the load
+//! setting (see [`crate::load`]).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::Client;
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::artifacts::LocalArtifacts;
+use crate::cluster::{arg, free_ports, http_get_loopback, not_ready, write};
+use crate::crds::CrdSet;
+use crate::error::{Error, Result};
+use crate::load;
+use crate::pki::{self, Ca};
+use crate::process::Supervised;
+use crate::simulate::{apply_node, NodeShape};
+use crate::{TestCluster, TestClusterOptions, ENV_KEEP};
+
+/// Field manager of the objects the local cluster creates.
+pub const LOCAL_MANAGER: &str = "meshguard-localcluster";
+/// Name prefix of the CPU pool's nodes (`cpu-pool-1`, ...).
+pub const CPU_POOL: &str = "cpu-pool";
+/// Name prefix of the GPU pool's nodes (`gpu-pool-1`, ...).
+pub const GPU_POOL: &str = "gpu-pool";
+/// The namespace KEDA runs in.
+pub const KEDA_NAMESPACE: &str = "keda";
+/// The external metrics API KEDA's adapter serves.
+pub const EXTERNAL_METRICS_APISERVICE: &str = "v1beta1.external.metrics.k8s.io";
+
+const POLL: Duration = Duration::from_millis(200);
+
+/// Options of [`LocalCluster::start`].
+#[derive(Debug, Clone)]
+pub struct LocalClusterOptions {
+    /// Nodes in the CPU pool.
+    pub cpu_nodes: u32,
+    /// Nodes in the GPU pool (each with one `nvidia.com/gpu`); 0 for a cluster without GPUs.
+    pub gpu_nodes: u32,
+    /// Allocatable CPUs of each node.
+    pub cpus_per_node: u32,
+    /// How often Prometheus scrapes kwok's metrics.
+    pub scrape_interval: Duration,
+    /// Deadline for the whole cluster to become ready.
+    pub startup_timeout: Duration,
+    /// CRD sets to install.
+    pub crds: Vec<CrdSet>,
+    /// Keep the cluster directory (logs, certificates, data) after stopping
+    /// (default: `$MESHGUARD_TESTCLUSTER_KEEP`).
+    pub keep_dir: bool,
+}
+
+impl Default for LocalClusterOptions {
+    fn default() -> Self {
+        Self {
+            cpu_nodes: 2,
+            gpu_nodes: 1,
+            cpus_per_node: 8,
+            scrape_interval: Duration::from_secs(5),
+            startup_timeout: Duration::from_secs(180),
+            crds: CrdSet::ALL.to_vec(),
+            keep_dir: std::env::var(ENV_KEEP).is_ok_and(|v| !v.is_empty() && v != "0"),
+        }
+    }
+}
+
+/// A running local cluster. Dropping it stops every component (the last
+/// started first), then the API server and etcd, and removes its directory.
+#[derive(Debug)]
+pub struct LocalCluster {
+    load: Option<JoinHandle<()>>,
+    components: Vec<Supervised>,
+    base: Option<TestCluster>,
+    dir: Option<tempfile::TempDir>,
+    dir_path: PathBuf,
+    prometheus_url: String,
+    nodes: Vec<String>,
+    keep_dir: bool,
+    stopped: bool,
+}
+
+/// The component certificates, all signed by one CA.
+struct Pki {
+    ca: PathBuf,
+    front_proxy: (PathBuf, PathBuf),
+    metrics_server: (PathBuf, PathBuf),
+    kwok: (PathBuf, PathBuf),
+    /// KEDA's certificate directory (`ca.crt`, `tls.crt`, `tls.key`), shared
+    /// by the operator's gRPC server and the adapter (its client and its
+    /// serving certificate).
+    keda_dir: PathBuf,
+    ca_bundle: String,
+}
+
+impl Pki {
+    fn create(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let ca = Ca::new("meshguard-local-ca")?;
+        let ca_path = dir.join("ca.crt");
+        write(&ca_path, &ca.cert_pem())?;
+        let pair = |name: &str, cn: &str, sans: &[&str]| -> Result<(PathBuf, PathBuf)> {
+            let p = ca.issue(cn, sans)?;
+            let (cert, key) = (
+                dir.join(format!("{name}.crt")),
+                dir.join(format!("{name}.key")),
+            );
+            write(&cert, &p.cert)?;
+            write(&key, &p.key)?;
+            Ok((cert, key))
+        };
+        let front_proxy = pair("front-proxy-client", "front-proxy-client", &[])?;
+        let metrics_server = pair(
+            "metrics-server",
+            "metrics-server",
+            &["metrics-server.kube-system.svc", "localhost", "127.0.0.1"],
+        )?;
+        let kwok = pair("kwok", "kwok", &["localhost", "127.0.0.1"])?;
+        let keda_dir = dir.join("keda");
+        std::fs::create_dir_all(&keda_dir)
+            .map_err(|e| Error::io(format!("cannot create {}", keda_dir.display()), e))?;
+        let keda = ca.issue(
+            "keda",
+            &[
+                "keda-operator-metrics-apiserver.keda.svc",
+                "keda-operator.keda.svc.cluster.local",
+                "localhost",
+                "127.0.0.1",
+            ],
+        )?;
+        write(&keda_dir.join("ca.crt"), &ca.cert_pem())?;
+        write(&keda_dir.join("tls.crt"), &keda.cert)?;
+        write(&keda_dir.join("tls.key"), &keda.key)?;
+        Ok(Self {
+            ca: ca_path,
+            front_proxy,
+            metrics_server,
+            kwok,
+            keda_dir,
+            ca_bundle: pki::base64(ca.cert_pem().as_bytes()),
+        })
+    }
+}
+
+impl LocalCluster {
+    /// Starts every component and waits until the cluster is ready: nodes
+    /// Ready, the controllers running, the metrics APIs available, Prometheus
+    /// scraping kwok, KEDA ready.
+    ///
+    /// Fails with [`Error::MissingArtifact`] (naming the build script) when a
+    /// binary has not been built, and with an error naming the component and
+    /// its log when one does not start.
+    pub async fn start(opts: LocalClusterOptions) -> Result<Self> {
+        let bins = LocalArtifacts::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("meshguard-localcluster-")
+            .tempdir()
+            .map_err(|e| Error::io("cannot create the cluster directory", e))?;
+        let root = dir.path().to_path_buf();
+        match Self::launch(&opts, &bins, root).await {
+            Ok(mut cluster) => {
+                cluster.dir = Some(dir);
+                Ok(cluster)
+            }
+            Err(e) => {
+                // Everything is stopped by now; keep the logs the error points to.
+                let _ = dir.keep();
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch(
+        opts: &LocalClusterOptions,
+        bins: &LocalArtifacts,
+        root: PathBuf,
+    ) -> Result<Self> {
+        let deadline = Instant::now() + opts.startup_timeout;
+        let pki = Pki::create(&root.join("pki"))?;
+        let base_opts = TestClusterOptions {
+            parent_dir: Some(root.clone()),
+            startup_timeout: opts.startup_timeout,
+            keep_dir: true, // removed with the local cluster's directory
+            // The controller manager creates the `default` ServiceAccounts.
+            disable_admission_plugins: Vec::new(),
+            extra_apiserver_args: vec![
+                // The aggregation layer's front proxy, for metrics-server and KEDA's adapter.
+                format!("--requestheader-client-ca-file={}", pki.ca.display()),
+                "--requestheader-allowed-names=front-proxy-client".to_owned(),
+                "--requestheader-username-headers=X-Remote-User".to_owned(),
+                "--requestheader-group-headers=X-Remote-Group".to_owned(),
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-".to_owned(),
+                format!("--proxy-client-cert-file={}", pki.front_proxy.0.display()),
+                format!("--proxy-client-key-file={}", pki.front_proxy.1.display()),
+                // Reach the aggregated APIs through their Services (ExternalName localhost).
+                "--enable-aggregator-routing=false".to_owned(),
+            ],
+            ..TestClusterOptions::default()
+        };
+        let base = TestCluster::start(base_opts).await?;
+        let mut cluster = Self {
+            load: None,
+            components: Vec::new(),
+            dir_path: root.clone(),
+            prometheus_url: String::new(),
+            nodes: Vec::new(),
+            base: None,
+            dir: None,
+            keep_dir: opts.keep_dir,
+            stopped: false,
+        };
+        let kubeconfig = base.kubeconfig_path().to_path_buf();
+        let sa_key = base.dir().join("sa.key");
+        let root_ca = root.join("pki").join("apiserver-ca.crt");
+        write(&root_ca, base.ca_pem())?;
+        let client = base.client().await?;
+        cluster.base = Some(base);
+        if let Some(base) = &cluster.base {
+            base.install_crds(&opts.crds).await?;
+        }
+        apply(
+            &client,
+            "v1",
+            "Namespace",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NAMESPACE}}),
+        )
+        .await?;
+
+        let kc = || arg("--kubeconfig=", &kubeconfig);
+        let [scheduler_port, kwok_port, metrics_server_port, prometheus_port, keda_metrics, keda_probe, keda_grpc, adapter_port, adapter_metrics] =
+            free_ports::<9>()?;
+
+        // kube-controller-manager: every default controller, as the admin.
+        cluster.spawn(
+            "kube-controller-manager",
+            &bins.kube_controller_manager,
+            vec![
+                kc(),
+                "--secure-port=0".into(),
+                "--leader-elect=false".into(),
+                arg("--service-account-private-key-file=", &sa_key),
+                arg("--root-ca-file=", &root_ca),
+                "--use-service-account-credentials=false".into(),
+                "--cluster-name=meshguard-local".into(),
+                "--kube-api-qps=100".into(),
+                "--kube-api-burst=200".into(),
+            ],
+            &[],
+        )?;
+        // kube-scheduler: the default profile.
+        cluster.spawn(
+            "kube-scheduler",
+            &bins.kube_scheduler,
+            vec![
+                kc(),
+                arg("--authentication-kubeconfig=", &kubeconfig),
+                arg("--authorization-kubeconfig=", &kubeconfig),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={scheduler_port}").into(),
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics".into(),
+                "--kube-api-qps=100".into(),
+                "--kube-api-burst=200".into(),
+            ],
+            &[],
+        )?;
+
+        // The node pools, registered before kwok takes them over so that kwok
+        // keeps their capacity.
+        let metrics_path = |n: &str| format!("/metrics/nodes/{n}/metrics/resource");
+        for (pool, count, gpu) in [
+            (CPU_POOL, opts.cpu_nodes, false),
+            (GPU_POOL, opts.gpu_nodes, true),
+        ] {
+            for i in 1..=count {
+                let name = format!("{pool}-{i}");
+                let mut shape = NodeShape::new(&name, gpu, opts.cpus_per_node);
+                shape.pool = Some(pool.to_owned());
+                shape
+                    .annotations
+                    .insert("kwok.x-k8s.io/node".to_owned(), json!("fake"));
+                shape.annotations.insert(
+                    "metrics.k8s.io/resource-metrics-path".to_owned(),
+                    json!(metrics_path(&name)),
+                );
+                apply_node(&client, &shape).await?;
+                cluster.nodes.push(name);
+            }
+        }
+
+        // kwok: the nodes' kubelets, the pods' lifecycle and usage.
+        let kwok_config = root.join("kwok.yaml");
+        write(&kwok_config, &kwok_configuration(&bins.kwok_rules)?)?;
+        cluster.spawn(
+            "kwok",
+            &bins.kwok,
+            vec![
+                kc(),
+                arg("--config=", &kwok_config),
+                // The node pools carry this annotation.
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+                // Stages, metrics and usage come from --config, not from CRDs.
+                "--enable-crds=".into(),
+                "--node-ip=127.0.0.1".into(),
+                format!("--node-port={kwok_port}").into(),
+                format!("--server-address=127.0.0.1:{kwok_port}").into(),
+                arg("--tls-cert-file=", &pki.kwok.0),
+                arg("--tls-private-key-file=", &pki.kwok.1),
+                "--cidr=10.244.0.0/16".into(),
+            ],
+            &[],
+        )?;
+
+        // metrics-server, reading kwok's kubelet resource metrics over verified TLS.
+        cluster.spawn(
+            "metrics-server",
+            &bins.metrics_server,
+            vec![
+                kc(),
+                arg("--authentication-kubeconfig=", &kubeconfig),
+                arg("--authorization-kubeconfig=", &kubeconfig),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={metrics_server_port}").into(),
+                arg("--tls-cert-file=", &pki.metrics_server.0),
+                arg("--tls-private-key-file=", &pki.metrics_server.1),
+                arg("--kubelet-certificate-authority=", &pki.ca),
+                "--kubelet-use-node-status-port".into(),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                // Must stay above --kubelet-request-timeout (10 s by default).
+                "--metric-resolution=15s".into(),
+            ],
+            &[],
+        )?;
+
+        // Prometheus, finding kwok's per-node metrics endpoints through kwok's discovery.
+        let prometheus_config = root.join("prometheus.yml");
+        write(
+            &prometheus_config,
+            &prometheus_configuration(kwok_port, &pki.ca, opts.scrape_interval),
+        )?;
+        cluster.spawn(
+            "prometheus",
+            &bins.prometheus,
+            vec![
+                arg("--config.file=", &prometheus_config),
+                arg("--storage.tsdb.path=", root.join("prometheus-data")),
+                format!("--web.listen-address=127.0.0.1:{prometheus_port}").into(),
+                "--storage.tsdb.retention.time=2h".into(),
+            ],
+            &[],
+        )?;
+        cluster.prometheus_url = format!("http://127.0.0.1:{prometheus_port}");
+
+        // KEDA: the operator (ScaledObject controller, gRPC metrics service) and the adapter
+        // (external.metrics.k8s.io), talking mTLS with each other.
+        let kubeconfig_str = kubeconfig.display().to_string();
+        let keda_env = [
+            ("KUBECONFIG", kubeconfig_str.as_str()),
+            ("WATCH_NAMESPACE", ""),
+            ("POD_NAMESPACE", KEDA_NAMESPACE),
+            ("KEDA_CLUSTER_OBJECT_NAMESPACE", KEDA_NAMESPACE),
+        ];
+        cluster.spawn(
+            "keda-operator",
+            &bins.keda_operator,
+            vec![
+                "--leader-elect=false".into(),
+                format!("--metrics-bind-address=127.0.0.1:{keda_metrics}").into(),
+                format!("--health-probe-bind-address=127.0.0.1:{keda_probe}").into(),
+                format!("--metrics-service-bind-address=127.0.0.1:{keda_grpc}").into(),
+                arg("--cert-dir=", &pki.keda_dir),
+                "--enable-cert-rotation=false".into(),
+                "--enable-webhook-patching=false".into(),
+                "--enable-apiservice-patching=false".into(),
+            ],
+            &keda_env,
+        )?;
+        cluster.spawn(
+            "keda-adapter",
+            &bins.keda_adapter,
+            vec![
+                arg("--lister-kubeconfig=", &kubeconfig),
+                arg("--authentication-kubeconfig=", &kubeconfig),
+                arg("--authorization-kubeconfig=", &kubeconfig),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={adapter_port}").into(),
+                arg("--cert-dir=", &pki.keda_dir),
+                arg("--tls-cert-file=", pki.keda_dir.join("tls.crt")),
+                arg("--tls-private-key-file=", pki.keda_dir.join("tls.key")),
+                format!("--metrics-service-address=127.0.0.1:{keda_grpc}").into(),
+                format!("--port={adapter_metrics}").into(),
+            ],
+            &keda_env,
+        )?;
+
+        // The aggregated APIs, reached through ExternalName Services to localhost.
+        register_apiservice(
+            &client,
+            "kube-system",
+            "metrics-server",
+            "metrics.k8s.io",
+            metrics_server_port,
+            &pki.ca_bundle,
+        )
+        .await?;
+        register_apiservice(
+            &client,
+            KEDA_NAMESPACE,
+            "keda-operator-metrics-apiserver",
+            "external.metrics.k8s.io",
+            adapter_port,
+            &pki.ca_bundle,
+        )
+        .await?;
+
+        cluster
+            .wait_ready(&client, opts, keda_probe, deadline)
+            .await?;
+
+        let load_client = client.clone();
+        let load_log = root.join("load.log");
+        cluster.load = Some(tokio::spawn(async move {
+            load_loop(load_client, load_log).await;
+        }));
+        Ok(cluster)
+    }
+
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        program: &Path,
+        args: Vec<OsString>,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
+        let log = self.dir_path.join(format!("{name}.log"));
+        let process = Supervised::spawn_with_env(name, program, args, env, log)?;
+        self.components.push(process);
+        Ok(())
+    }
+
+    fn component(&self, name: &str) -> Option<&Supervised> {
+        self.components.iter().find(|c| c.name() == name)
+    }
+
+    /// An error for the first component that is no longer running.
+    fn check_components(&self) -> Result<()> {
+        self.components
+            .iter()
+            .try_for_each(Supervised::check_running)
+    }
+
+    /// Polls `check` until it passes; on the deadline, the error names
+    /// `component` and points to its log.
+    async fn wait_for<F, Fut>(
+        &self,
+        component: &'static str,
+        what: &str,
+        deadline: Instant,
+        timeout: Duration,
+        mut check: F,
+    ) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), String>>,
+    {
+        loop {
+            self.check_components()?;
+            let last = match check().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                let last = format!("{what}: {last}");
+                return Err(match self.component(component) {
+                    Some(p) => not_ready(p, component, timeout, last),
+                    None => Error::NotReady {
+                        name: component,
+                        timeout,
+                        last_error: last,
+                        log: self.dir_path.clone(),
+                        tail: String::new(),
+                    },
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn wait_ready(
+        &self,
+        client: &Client,
+        opts: &LocalClusterOptions,
+        keda_probe: u16,
+        deadline: Instant,
+    ) -> Result<()> {
+        let timeout = opts.startup_timeout;
+        let expected = self.nodes.len();
+        let nodes: Api<Node> = Api::all(client.clone());
+        self.wait_for("kwok", "every node Ready", deadline, timeout, || {
+            let nodes = nodes.clone();
+            async move {
+                let list = nodes
+                    .list(&Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ready = list.items.iter().filter(|n| node_ready(n)).count();
+                if ready == expected {
+                    Ok(())
+                } else {
+                    Err(format!("{ready} of {expected} nodes Ready"))
+                }
+            }
+        })
+        .await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        self.wait_for(
+            "kube-controller-manager",
+            "the default ServiceAccount",
+            deadline,
+            timeout,
+            || {
+                let accounts = accounts.clone();
+                async move {
+                    accounts
+                        .get("default")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await?;
+        for (component, name) in [
+            ("metrics-server", "v1beta1.metrics.k8s.io"),
+            ("keda-adapter", EXTERNAL_METRICS_APISERVICE),
+        ] {
+            self.wait_for(
+                component,
+                &format!("APIService {name} Available"),
+                deadline,
+                timeout,
+                || apiservice_available(client.clone(), name),
+            )
+            .await?;
+        }
+        self.wait_for(
+            "keda-operator",
+            "/readyz",
+            deadline,
+            timeout,
+            || async move {
+                let response = http_get_loopback(keda_probe, "/readyz")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
+                    Ok(())
+                } else {
+                    Err(response.lines().next().unwrap_or_default().to_owned())
+                }
+            },
+        )
+        .await?;
+        let port = self.prometheus_port();
+        self.wait_for(
+            "prometheus",
+            "kwok's targets up",
+            deadline,
+            timeout,
+            || async move {
+                let response = http_get_loopback(port, "/api/v1/targets?state=active")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.contains("\"health\":\"up\"") {
+                    Ok(())
+                } else {
+                    Err("no target is up yet".to_owned())
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn prometheus_port(&self) -> u16 {
+        self.prometheus_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The API server and etcd.
+    pub fn api(&self) -> Result<&TestCluster> {
+        self.base.as_ref().ok_or(Error::Stopped)
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig_path(&self) -> Result<&Path> {
+        Ok(self.api()?.kubeconfig_path())
+    }
+
+    /// A new admin client.
+    pub async fn client(&self) -> Result<Client> {
+        self.api()?.client().await
+    }
+
+    /// Prometheus' URL on loopback (`http://127.0.0.1:<port>`), what KEDA's
+    /// trigger queries.
+    pub fn prometheus_url(&self) -> &str {
+        &self.prometheus_url
+    }
+
+    /// Runs an instant PromQL query and returns Prometheus' JSON answer.
+    pub async fn prometheus_query(&self, promql: &str) -> Result<serde_json::Value> {
+        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        let response = http_get_loopback(self.prometheus_port(), &path)
+            .await
+            .map_err(|e| Error::io("querying Prometheus", e))?;
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(body).map_err(|e| Error::Io {
+            context: "Prometheus' answer".to_owned(),
+            source: std::io::Error::other(format!("{e}: {body}")),
+        })
+    }
+
+    /// The names of the nodes, CPU pool first.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The cluster directory: every component's `<name>.log`, the
+    /// certificates, the API server's own directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir_path
+    }
+
+    /// Process ids of every component, by name (the API server and etcd included).
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        let mut out: Vec<(&'static str, u32)> = self
+            .components
+            .iter()
+            .map(|c| (c.name(), c.pid()))
+            .collect();
+        if let Some(base) = &self.base {
+            out.push(("kube-apiserver", base.apiserver_pid()));
+            out.push(("etcd", base.etcd_pid()));
+        }
+        out
+    }
+
+    /// Sets the simulated total CPU of a Deployment, in millicores.
+    pub async fn set_load(&self, namespace: &str, deployment: &str, millis: u64) -> Result<()> {
+        load::set_load(&self.client().await?, namespace, deployment, millis).await
+    }
+
+    /// Stops everything (the last started component first, the API server
+    /// and etcd last) and removes the directory unless it is kept.
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        if let Some(task) = self.load.take() {
+            task.abort();
+        }
+        let mut result = Ok(());
+        while let Some(mut component) = self.components.pop() {
+            let stopped = component.stop(Duration::from_secs(10));
+            if result.is_ok() {
+                result = stopped;
+            }
+        }
+        if let Some(base) = self.base.take() {
+            let stopped = base.stop();
+            if result.is_ok() {
+                result = stopped;
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            if self.keep_dir {
+                let _ = dir.keep();
+            } else if let Err(e) = dir.close() {
+                if result.is_ok() {
+                    result = Err(Error::io(
+                        format!("cannot remove {}", self.dir_path.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        result
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+/// The reconciler of the simulated load, until the cluster stops. Errors (the API server going
+/// away while stopping, a conflict) are appended to `log` and retried on the next pass.
+async fn load_loop(client: Client, log: PathBuf) {
+    let mut last_error = String::new();
+    loop {
+        if let Err(e) = load::reconcile_once(&client).await {
+            let text = e.to_string();
+            if text != last_error {
+                use std::io::Write as _;
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                {
+                    let _ = writeln!(f, "{text}");
+                }
+                last_error = text;
+            }
+        }
+        tokio::time::sleep(load::RECONCILE_PERIOD).await;
+    }
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn apiservice_available(client: Client, name: &str) -> std::result::Result<(), String> {
+    let api: Api<DynamicObject> = Api::all_with(client, &apiservice_resource());
+    let object = api.get(name).await.map_err(|e| e.to_string())?;
+    let conditions = object.data["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    match conditions.iter().find(|c| c["type"] == "Available") {
+        Some(c) if c["status"] == "True" => Ok(()),
+        Some(c) => Err(format!(
+            "Available={} ({}: {})",
+            c["status"].as_str().unwrap_or("?"),
+            c["reason"].as_str().unwrap_or("?"),
+            c["message"].as_str().unwrap_or("")
+        )),
+        None => Err("no Available condition yet".to_owned()),
+    }
+}
+
+fn apiservice_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "apiregistration.k8s.io",
+        "v1",
+        "APIService",
+    ))
+}
+
+/// Server-side applies one object with the local cluster's field manager.
+async fn apply(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    object: serde_json::Value,
+) -> Result<()> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        &name,
+        &PatchParams::apply(LOCAL_MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("applying {kind} {name}"), e))?;
+    Ok(())
+}
+
+/// Registers an aggregated API served on a loopback port: an ExternalName Service `localhost`
+/// and an APIService whose CA bundle verifies the server's certificate (issued for
+/// `<service>.<namespace>.svc`, the name the aggregator checks).
+async fn register_apiservice(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    group: &str,
+    port: u16,
+    ca_bundle: &str,
+) -> Result<()> {
+    apply(
+        client,
+        "v1",
+        "Service",
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": service, "namespace": namespace},
+            "spec": {"type": "ExternalName", "externalName": "localhost",
+                     "ports": [{"name": "https", "port": port, "protocol": "TCP"}]},
+        }),
+    )
+    .await?;
+    apply(
+        client,
+        "apiregistration.k8s.io/v1",
+        "APIService",
+        json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": format!("v1beta1.{group}")},
+            "spec": {
+                "group": group, "version": "v1beta1",
+                "service": {"namespace": namespace, "name": service, "port": port},
+                "caBundle": ca_bundle,
+                "groupPriorityMinimum": 100, "versionPriority": 100,
+            },
+        }),
+    )
+    .await
+}
+
+/// kwok's configuration: its options, then kwok's own rules from its module (the stages that
+/// make nodes Ready and keep their leases, run pods and delete them, the kubelet resource
+/// metrics, and CPU usage from the pod annotation).
+fn kwok_configuration(rules: &Path) -> Result<String> {
+    let mut text = String::from(
+        "apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  nodeLeaseDurationSeconds: 40
+  nodeLeaseParallelism: 4
+  podPlayStageParallelism: 4
+  nodePlayStageParallelism: 4
+  enablePodsOnNodeSyncStreamWatch: true
+",
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(rules)
+        .map_err(|e| Error::io(format!("cannot read {}", rules.display()), e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::io(
+            format!("{} holds no kwok rules", rules.display()),
+            std::io::ErrorKind::NotFound.into(),
+        ));
+    }
+    for file in files {
+        let rule = std::fs::read_to_string(&file)
+            .map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?;
+        text.push_str("---\n");
+        text.push_str(&rule);
+        if !rule.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    Ok(text)
+}
+
+fn prometheus_configuration(kwok_port: u16, ca: &Path, interval: Duration) -> String {
+    let secs = interval.as_secs().max(1);
+    let ca = ca.display();
+    format!(
+        "global:
+  scrape_interval: {secs}s
+  evaluation_interval: {secs}s
+scrape_configs:
+- job_name: kwok-kubelets
+  scheme: https
+  tls_config:
+    ca_file: {ca}
+  http_sd_configs:
+  - url: https://127.0.0.1:{kwok_port}/discovery/prometheus
+    refresh_interval: {secs}s
+    tls_config:
+      ca_file: {ca}
+"
+    )
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved_characters() {
+        assert_eq!(
+            percent_encode("sum(rate(x{pod=~\"a-.*\"}[1m]))"),
+            "sum%28rate%28x%7Bpod%3D~%22a-.%2A%22%7D%5B1m%5D%29%29"
+        );
+    }
+
+    #[test]
+    fn prometheus_scrapes_kwok_through_its_discovery_over_verified_tls() {
+        let text = prometheus_configuration(4242, Path::new("/ca.crt"), Duration::from_secs(5));
+        assert!(text.contains("url: https://127.0.0.1:4242/discovery/prometheus"));
+        assert!(text.contains("scrape_interval: 5s"));
+        assert_eq!(text.matches("ca_file: /ca.crt").count(), 2);
+    }
+}

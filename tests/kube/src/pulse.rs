@@ -1,0 +1,268 @@
+//! One load pulse on a running system, with a timeline of what the autoscalers and the
+//! scheduler do: the load goes on, stays for a while, goes off, and the timeline runs until
+//! every service is back at its resting replica count.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+use kube::Client;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::load::{self, LOAD_ANNOTATION};
+
+/// What a pulse does.
+#[derive(Debug, Clone)]
+pub struct PulseOptions {
+    /// Namespace of the services.
+    pub namespace: String,
+    /// The Deployment the load goes to.
+    pub target: String,
+    /// The Deployments shown in the timeline, in column order.
+    pub services: Vec<String>,
+    /// The load, in millicores.
+    pub millis: u64,
+    /// How long the load stays on.
+    pub duration: Duration,
+    /// How long to wait, after the load ends, for every service to be back at rest.
+    pub settle_timeout: Duration,
+    /// A line is printed on every change, and at least this often.
+    pub heartbeat: Duration,
+}
+
+/// One service at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Ready replicas.
+    pub ready: i32,
+    /// Desired replicas (the Deployment's `spec.replicas`, which the autoscalers set).
+    pub desired: i32,
+    /// Running pods by node pool.
+    pub pools: BTreeMap<String, usize>,
+    /// Pods not scheduled yet.
+    pub pending: usize,
+}
+
+impl ServiceState {
+    fn cell(&self) -> String {
+        let mut out = format!("{}/{}", self.ready, self.desired);
+        for (pool, n) in &self.pools {
+            let _ = write!(out, " {pool}x{n}");
+        }
+        if self.pending > 0 {
+            let _ = write!(out, " pending {}", self.pending);
+        }
+        out
+    }
+}
+
+/// When things happened, measured from the start of the load.
+#[derive(Debug, Clone, Default)]
+pub struct Milestones {
+    /// The target's first scale-up.
+    pub first_scale_up: Option<Duration>,
+    /// Each service's highest desired replica count, and when it was first reached.
+    pub peaks: BTreeMap<String, (i32, Duration)>,
+    /// When the load ended.
+    pub load_end: Option<Duration>,
+    /// When every service was back at its resting count after the load ended.
+    pub settled: Option<Duration>,
+}
+
+/// Reads the services' current state.
+pub async fn snapshot(client: &Client, opts: &PulseOptions) -> Result<Vec<ServiceState>> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pool_of: BTreeMap<String, String> = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("listing nodes", e))?
+        .items
+        .into_iter()
+        .filter_map(|n| {
+            let name = n.metadata.name?;
+            let pool = n
+                .metadata
+                .labels
+                .and_then(|l| l.get("cloud.google.com/gke-nodepool").cloned())
+                .unwrap_or_else(|| name.clone());
+            Some((name, pool))
+        })
+        .collect();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &opts.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &opts.namespace);
+    let mut out = Vec::with_capacity(opts.services.len());
+    for service in &opts.services {
+        let d = deployments
+            .get_opt(service)
+            .await
+            .map_err(|e| Error::kube(format!("reading Deployment {service}"), e))?;
+        let Some(d) = d else {
+            out.push(ServiceState {
+                ready: 0,
+                desired: 0,
+                pools: BTreeMap::new(),
+                pending: 0,
+            });
+            continue;
+        };
+        let selector = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.as_ref())
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let mut state = ServiceState {
+            ready: d
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+            desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            pools: BTreeMap::new(),
+            pending: 0,
+        };
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| Error::kube(format!("listing the pods of {service}"), e))?;
+        for pod in list.items {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                Some(node) if phase == "Running" => {
+                    let pool = pool_of.get(&node).cloned().unwrap_or(node);
+                    *state.pools.entry(pool).or_default() += 1;
+                }
+                None => state.pending += 1,
+                Some(_) => {}
+            }
+        }
+        out.push(state);
+    }
+    Ok(out)
+}
+
+async fn current_load(client: &Client, opts: &PulseOptions) -> Result<u64> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &opts.namespace);
+    let d = api
+        .get(&opts.target)
+        .await
+        .map_err(|e| Error::kube(format!("reading Deployment {}", opts.target), e))?;
+    Ok(d.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LOAD_ANNOTATION))
+        .and_then(|v| load::parse_load(v).ok())
+        .unwrap_or(0))
+}
+
+fn line(t: Duration, load: u64, states: &[ServiceState], widths: &[usize]) -> String {
+    let mut out = format!(
+        "{:>6}  {:>10}",
+        format!("+{}s", t.as_secs()),
+        format!("{:.2} cores", load as f64 / 1000.0)
+    );
+    for (state, w) in states.iter().zip(widths) {
+        let _ = write!(out, "  {:<w$}", state.cell(), w = *w);
+    }
+    out.trim_end().to_owned()
+}
+
+/// Runs the pulse and prints the timeline through `print`. The load is switched off at the
+/// end, also when the pulse fails.
+pub async fn run(
+    client: &Client,
+    opts: &PulseOptions,
+    mut print: impl FnMut(&str),
+) -> Result<Milestones> {
+    let result = run_inner(client, opts, &mut print).await;
+    if result.is_err() {
+        let _ = load::set_load(client, &opts.namespace, &opts.target, 0).await;
+    }
+    result
+}
+
+async fn run_inner(
+    client: &Client,
+    opts: &PulseOptions,
+    print: &mut impl FnMut(&str),
+) -> Result<Milestones> {
+    let rest = snapshot(client, opts).await?;
+    let widths: Vec<usize> = opts.services.iter().map(|s| s.len().max(24)).collect();
+    let mut header = format!("{:>6}  {:>10}", "time", format!("load ({})", opts.target));
+    for (s, w) in opts.services.iter().zip(&widths) {
+        let _ = write!(header, "  {s:<w$}", w = *w);
+    }
+    print(header.trim_end());
+    print(&format!(
+        "{:>6}  {:>10}  (each service: ready/desired replicas, then running pods by node pool)",
+        "", ""
+    ));
+    let start = Instant::now();
+    load::set_load(client, &opts.namespace, &opts.target, opts.millis).await?;
+    let mut milestones = Milestones::default();
+    let mut last: Option<(u64, Vec<ServiceState>)> = None;
+    let mut last_print = start;
+    let target_index = opts.services.iter().position(|s| *s == opts.target);
+    loop {
+        let t = start.elapsed();
+        if milestones.load_end.is_none() && t >= opts.duration {
+            load::set_load(client, &opts.namespace, &opts.target, 0).await?;
+            milestones.load_end = Some(t);
+            print(&format!("{:>6}  load off", format!("+{}s", t.as_secs())));
+        }
+        let load = current_load(client, opts).await?;
+        let states = snapshot(client, opts).await?;
+        for (service, state) in opts.services.iter().zip(&states) {
+            let peak = milestones
+                .peaks
+                .entry(service.clone())
+                .or_insert((state.desired, t));
+            if state.desired > peak.0 {
+                *peak = (state.desired, t);
+            }
+        }
+        if let Some(i) = target_index {
+            if milestones.first_scale_up.is_none() && states[i].desired > rest[i].desired {
+                milestones.first_scale_up = Some(t);
+            }
+        }
+        let changed = last.as_ref() != Some(&(load, states.clone()));
+        if changed || last_print.elapsed() >= opts.heartbeat {
+            print(&line(t, load, &states, &widths));
+            last_print = Instant::now();
+        }
+        let at_rest = states.iter().zip(&rest).all(|(now, then)| {
+            now.desired == then.desired && now.ready == now.desired && now.pending == 0
+        });
+        if let Some(end) = milestones.load_end {
+            if at_rest && t > end {
+                milestones.settled = Some(t);
+                return Ok(milestones);
+            }
+            if t > end + opts.settle_timeout {
+                return Err(Error::Pulse(format!(
+                    "the services were not back at rest {:?} after the load ended",
+                    opts.settle_timeout
+                )));
+            }
+        }
+        last = Some((load, states));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
