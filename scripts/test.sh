@@ -27,6 +27,7 @@ eval "$(tests/istio/build.sh)"
 step "Formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 (cd mesh/fuzz && cargo fmt -- --check)
+rustfmt --edition 2021 --check tests/second-host/src/lib.rs tests/second-host/tests/scenarios.rs
 
 step "Lints (clippy -D warnings), native and wasm32-wasip1"
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -44,6 +45,11 @@ export MESHGUARD_FILTERS_DIR="$FILTERS_DIR"
 
 step "Tests: mesh model, filters in the Proxy-Wasm host, manifests, meshctl against a real API server"
 cargo test --workspace --locked
+
+step "The same scenarios in a second Proxy-Wasm host (crates.io proxy-wasm-host 0.2.0, Rust 1.96)"
+# Its own cargo project and toolchain (tests/second-host/rust-toolchain.toml), as rustup pins it.
+(cd tests/second-host && { rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install; })
+(cd tests/second-host && cargo test --locked)
 
 step "Fuzz smoke run: ${FUZZ_SECONDS}s per target (cargo fuzz, stable toolchain, no sanitizer)"
 mkdir -p target

@@ -131,8 +131,10 @@ fn to_config_value<T: serde::Serialize>(name: &str, config: &T) -> Result<Value,
 }
 
 /// The identity authorization filter for a service: its callers from the call graph, by SPIFFE
-/// identity. `AUTHZ` phase; `FAIL_CLOSE`, so a module that cannot be fetched or fails to start
-/// denies traffic instead of letting it through unchecked.
+/// identity. `AUTHZ` phase; `FAIL_RELOAD`: a module that cannot be fetched or fails to start
+/// denies traffic instead of letting it through unchecked (Istio puts a deny-all RBAC filter in
+/// its place, as for `FAIL_CLOSE`), and a VM that fails at run time is recreated for the next
+/// request instead of failing every request until the proxy restarts.
 pub(crate) fn authz_plugin(
     mesh: &Mesh,
     s: &Service,
@@ -162,7 +164,7 @@ pub(crate) fn authz_plugin(
                 sha256: opts.authz_module_sha256.as_ref(),
                 plugin_name: AUTHZ_PLUGIN_NAME,
                 phase: "AUTHZ",
-                fail_strategy: "FAIL_CLOSE",
+                fail_strategy: "FAIL_RELOAD",
                 config,
             },
         ),

@@ -646,7 +646,7 @@ fn wasm_plugins_per_service_carry_the_model_config() {
     for s in SERVICES {
         let authz = plugin(&objects, &format!("{s}-authz"));
         assert_eq!(authz["phase"], "AUTHZ");
-        assert_eq!(authz["failStrategy"], "FAIL_CLOSE");
+        assert_eq!(authz["failStrategy"], "FAIL_RELOAD");
         assert_eq!(authz["url"], opts.authz_module_url.as_str());
         assert_eq!(authz["selector"]["matchLabels"][NAME_KEY], s);
         assert_eq!(

@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 
 use crate::config::{AuthzConfig, ConfigError, LogLevel, Mode};
-use crate::http::{normalized_path, path_has_prefix, PathProblem};
+use crate::http::{normalized_path, path_has_prefix, query_has_method_override, PathProblem};
 use crate::identity::SpiffeId;
+use crate::node::NodeFacts;
 
 /// Why a request was denied. The string forms are stable: they appear in the `x-meshguard-deny-reason`
 /// header, the JSON body, logs and the `reason` metric label.
@@ -33,13 +34,18 @@ pub enum DenyReason {
     PathNotNormalized,
     /// The caller is admitted, but not for this path.
     PathNotAllowed,
+    /// The caller is admitted only for some methods, and the request asks the backend to run
+    /// another one (a method-override header or a `_method` query parameter).
+    MethodOverride,
+    /// The filter runs in another workload than the one it was configured for.
+    WrongWorkload,
     /// The filter has no valid configuration.
     ConfigInvalid,
 }
 
 impl DenyReason {
     /// Every reason, for tests and dashboards.
-    pub const ALL: [DenyReason; 10] = [
+    pub const ALL: [DenyReason; 12] = [
         Self::NoMtls,
         Self::NoPeerIdentity,
         Self::InvalidPeerIdentity,
@@ -49,6 +55,8 @@ impl DenyReason {
         Self::InvalidPath,
         Self::PathNotNormalized,
         Self::PathNotAllowed,
+        Self::MethodOverride,
+        Self::WrongWorkload,
         Self::ConfigInvalid,
     ];
 
@@ -63,6 +71,8 @@ impl DenyReason {
             Self::InvalidPath => "invalid_path",
             Self::PathNotNormalized => "path_not_normalized",
             Self::PathNotAllowed => "path_not_allowed",
+            Self::MethodOverride => "method_override",
+            Self::WrongWorkload => "wrong_workload",
             Self::ConfigInvalid => "config_invalid",
         }
     }
@@ -74,6 +84,25 @@ impl std::fmt::Display for DenyReason {
     }
 }
 
+/// Where [`Authorizer::decide_with`] gets the request's facts. The decision asks only for what it
+/// needs (the method and path only when the caller's rule narrows by them), so a filter can read
+/// each fact from the host on demand.
+pub trait Facts {
+    /// `connection.mtls`; `None` when the property is absent.
+    fn mtls(&mut self) -> Option<bool>;
+    /// `connection.uri_san_peer_certificate`.
+    fn peer_identity(&mut self) -> Option<&[u8]>;
+    /// `connection.uri_san_local_certificate`: asked only when the node metadata could not
+    /// confirm the workload.
+    fn local_identity(&mut self) -> Option<&[u8]>;
+    /// `:method`.
+    fn method(&mut self) -> Option<&[u8]>;
+    /// `:path`.
+    fn path(&mut self) -> Option<&[u8]>;
+    /// Is any of [`crate::http::METHOD_OVERRIDE_HEADERS`] present?
+    fn has_method_override_header(&mut self) -> bool;
+}
+
 /// What the sidecar knows about a request, as raw bytes (headers may be anything).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestFacts<'a> {
@@ -81,10 +110,49 @@ pub struct RequestFacts<'a> {
     pub mtls: Option<bool>,
     /// `connection.uri_san_peer_certificate`.
     pub peer_identity: Option<&'a [u8]>,
+    /// `connection.uri_san_local_certificate`.
+    pub local_identity: Option<&'a [u8]>,
     /// `:method`.
     pub method: Option<&'a [u8]>,
     /// `:path`.
     pub path: Option<&'a [u8]>,
+    /// Whether a method-override header is present.
+    pub method_override_header: bool,
+}
+
+impl Facts for RequestFacts<'_> {
+    fn mtls(&mut self) -> Option<bool> {
+        self.mtls
+    }
+    fn peer_identity(&mut self) -> Option<&[u8]> {
+        self.peer_identity
+    }
+    fn local_identity(&mut self) -> Option<&[u8]> {
+        self.local_identity
+    }
+    fn method(&mut self) -> Option<&[u8]> {
+        self.method
+    }
+    fn path(&mut self) -> Option<&[u8]> {
+        self.path
+    }
+    fn has_method_override_header(&mut self) -> bool {
+        self.method_override_header
+    }
+}
+
+/// What the node metadata says about the workload a filter runs in, against its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkloadCheck {
+    /// The metadata names the configured workload and identity: nothing to check per request.
+    Confirmed,
+    /// The metadata cannot confirm the identity (no node, or no namespace/service account in
+    /// it): every mTLS request's local certificate is compared with the configured identity.
+    PerRequest,
+    /// The metadata names the configured workload; no identity is configured to check.
+    NameOnly,
+    /// The filter runs in another workload: every request is denied with `wrong_workload`.
+    Mismatch(String),
 }
 
 /// The outcome for one request.
@@ -118,6 +186,8 @@ struct Caller {
 #[derive(Debug, Clone)]
 pub struct Authorizer {
     workload: String,
+    identity: Option<SpiffeId>,
+    workload_check: WorkloadCheck,
     mode: Mode,
     log_level: LogLevel,
     callers: HashMap<String, Caller>,
@@ -128,6 +198,17 @@ impl Authorizer {
     /// Validates `config` and compiles it.
     pub fn new(config: AuthzConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let identity = match &config.identity {
+            Some(id) => {
+                Some(SpiffeId::parse(id).map_err(|e| ConfigError::new("identity", e.to_string()))?)
+            }
+            None => None,
+        };
+        let workload_check = if identity.is_some() {
+            WorkloadCheck::PerRequest
+        } else {
+            WorkloadCheck::NameOnly
+        };
         let callers = config
             .allow
             .into_iter()
@@ -144,6 +225,8 @@ impl Authorizer {
             .collect();
         Ok(Self {
             workload: config.workload,
+            identity,
+            workload_check,
             mode: config.mode,
             log_level: config.log_level,
             callers,
@@ -168,51 +251,135 @@ impl Authorizer {
         self.log_level
     }
 
+    /// The configured identity of the protected workload's pods.
+    pub fn identity(&self) -> Option<&SpiffeId> {
+        self.identity.as_ref()
+    }
+
+    /// How the workload is being checked (see [`Authorizer::check_node`]).
+    pub fn workload_check(&self) -> &WorkloadCheck {
+        &self.workload_check
+    }
+
+    /// Compares the node the filter runs in (`None`: the host has no `node` property) with the
+    /// configuration, and remembers the outcome for [`Authorizer::decide`]. A `WORKLOAD_NAME`,
+    /// `NAMESPACE` or `SERVICE_ACCOUNT` that differs from the configuration is a mismatch.
+    pub fn check_node(&mut self, node: Option<&NodeFacts>) -> &WorkloadCheck {
+        let node = node.cloned().unwrap_or_default();
+        let mut wrong = Vec::new();
+        if let Some(name) = node.workload_name.as_deref() {
+            if name != self.workload {
+                wrong.push(format!("workload `{name}`, not `{}`", self.workload));
+            }
+        }
+        let mut identity_confirmed = false;
+        if let Some(id) = &self.identity {
+            if let Some(ns) = node.namespace.as_deref() {
+                if ns != id.namespace() {
+                    wrong.push(format!("namespace `{ns}`, not `{}`", id.namespace()));
+                }
+            }
+            if let Some(sa) = node.service_account.as_deref() {
+                if sa != id.service_account() {
+                    wrong.push(format!(
+                        "service account `{sa}`, not `{}`",
+                        id.service_account()
+                    ));
+                }
+            }
+            identity_confirmed = node.namespace.is_some() && node.service_account.is_some();
+        }
+        self.workload_check = if !wrong.is_empty() {
+            WorkloadCheck::Mismatch(wrong.join(", "))
+        } else if self.identity.is_none() {
+            WorkloadCheck::NameOnly
+        } else if identity_confirmed {
+            WorkloadCheck::Confirmed
+        } else {
+            WorkloadCheck::PerRequest
+        };
+        &self.workload_check
+    }
+
     /// Decides one request. Fail-closed: every missing or malformed fact denies.
     pub fn decide(&self, facts: &RequestFacts<'_>) -> Decision<'_> {
-        if facts.mtls != Some(true) {
+        let mut facts = *facts;
+        self.decide_with(&mut facts)
+    }
+
+    /// [`Authorizer::decide`], asking `facts` for each fact only when the decision needs it.
+    pub fn decide_with(&self, facts: &mut impl Facts) -> Decision<'_> {
+        let wrong_workload = Decision::Deny {
+            reason: DenyReason::WrongWorkload,
+            source: None,
+        };
+        if matches!(self.workload_check, WorkloadCheck::Mismatch(_)) {
+            return wrong_workload;
+        }
+        if facts.mtls() != Some(true) {
             return Decision::Deny {
                 reason: DenyReason::NoMtls,
                 source: None,
             };
         }
-        let raw_id = match facts.peer_identity {
-            Some(id) if !id.is_empty() => id,
-            _ => {
-                return Decision::Deny {
-                    reason: DenyReason::NoPeerIdentity,
-                    source: None,
-                }
+        if let (WorkloadCheck::PerRequest, Some(own)) = (&self.workload_check, &self.identity) {
+            let matches = facts
+                .local_identity()
+                .and_then(|raw| std::str::from_utf8(raw).ok())
+                .and_then(|text| SpiffeId::parse(text).ok())
+                .is_some_and(|local| &local == own);
+            if !matches {
+                return wrong_workload;
             }
-        };
-        // The parser accepts only the exact canonical form, so the validated text is the lookup key.
-        let Some(id) = std::str::from_utf8(raw_id)
-            .ok()
-            .filter(|text| SpiffeId::parse(text).is_ok())
-        else {
-            return Decision::Deny {
-                reason: DenyReason::InvalidPeerIdentity,
-                source: None,
+        }
+        let caller = {
+            let raw_id = match facts.peer_identity() {
+                Some(id) if !id.is_empty() => id,
+                _ => {
+                    return Decision::Deny {
+                        reason: DenyReason::NoPeerIdentity,
+                        source: None,
+                    }
+                }
             };
-        };
-        let Some(caller) = self.callers.get(id) else {
-            return Decision::Deny {
-                reason: DenyReason::UnknownPeer,
-                source: self.known_peers.get(id).map(String::as_str),
+            // The parser accepts only the exact canonical form, so the validated text is the
+            // lookup key.
+            let Some(id) = std::str::from_utf8(raw_id)
+                .ok()
+                .filter(|text| SpiffeId::parse(text).is_ok())
+            else {
+                return Decision::Deny {
+                    reason: DenyReason::InvalidPeerIdentity,
+                    source: None,
+                };
             };
+            let Some(caller) = self.callers.get(id) else {
+                return Decision::Deny {
+                    reason: DenyReason::UnknownPeer,
+                    source: self.known_peers.get(id).map(String::as_str),
+                };
+            };
+            caller
         };
         let source = Some(caller.service.as_str());
         let deny = |reason| Decision::Deny { reason, source };
         if !caller.methods.is_empty() {
-            let Some(method) = facts.method.filter(|m| !m.is_empty()) else {
+            let Some(method) = facts.method().filter(|m| !m.is_empty()) else {
                 return deny(DenyReason::MissingMethod);
             };
             if !caller.methods.iter().any(|m| m.as_bytes() == method) {
                 return deny(DenyReason::MethodNotAllowed);
             }
+            // The backend may run another method than `:method`: an override is only safe when
+            // every method is admitted, which is the case without narrowing.
+            if facts.has_method_override_header()
+                || facts.path().is_some_and(query_has_method_override)
+            {
+                return deny(DenyReason::MethodOverride);
+            }
         }
         if !caller.path_prefixes.is_empty() {
-            let path = match facts.path.map(normalized_path) {
+            let path = match facts.path().map(normalized_path) {
                 None | Some(Err(PathProblem::Malformed)) => return deny(DenyReason::InvalidPath),
                 Some(Err(PathProblem::NotNormalized)) => {
                     return deny(DenyReason::PathNotNormalized)
@@ -255,6 +422,7 @@ mod tests {
             peer_identity: Some(id),
             method: Some(method),
             path: Some(path),
+            ..RequestFacts::default()
         }
     }
 
@@ -388,6 +556,128 @@ mod tests {
             reason(a.decide(&facts(USER, b"GET", b"/"))),
             Some(DenyReason::UnknownPeer)
         );
+    }
+
+    #[test]
+    fn path_parameters_and_overrides_do_not_widen_a_narrowed_rule() {
+        let a = order_authorizer();
+        let d = |f: RequestFacts<'_>| reason(a.decide(&f));
+        for path in [
+            &b"/orders/..;/admin"[..],
+            b"/orders/.;/admin",
+            b"/orders;/../admin",
+            b"/orders/%3b/../admin",
+            b"/orders/x;y",
+        ] {
+            assert_eq!(
+                d(facts(USER, b"GET", path)),
+                Some(DenyReason::PathNotNormalized),
+                "{path:?}"
+            );
+        }
+        for path in [
+            &b"/orders?_method=DELETE"[..],
+            b"/orders?a=1&%5Fmethod=DELETE",
+            b"/orders?_METHOD=get",
+        ] {
+            assert_eq!(
+                d(facts(USER, b"GET", path)),
+                Some(DenyReason::MethodOverride),
+                "{path:?}"
+            );
+        }
+        assert_eq!(
+            d(RequestFacts {
+                method_override_header: true,
+                ..facts(USER, b"POST", b"/orders")
+            }),
+            Some(DenyReason::MethodOverride)
+        );
+        // A caller without method narrowing may run any method anyway.
+        let admin = b"spiffe://cluster.local/ns/shop/sa/admin";
+        assert!(a
+            .decide(&RequestFacts {
+                method_override_header: true,
+                ..facts(admin, b"GET", b"/x?_method=DELETE")
+            })
+            .is_allow());
+    }
+
+    fn order_with_identity() -> Authorizer {
+        Authorizer::from_json(
+            br#"{"workload":"order-service","identity":"spiffe://cluster.local/ns/shop/sa/order-service",
+                 "allow":[{"from":"spiffe://cluster.local/ns/shop/sa/user-service","service":"user-service"}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_workload_is_checked_against_node_metadata() {
+        let node = |name: &str, ns: Option<&str>, sa: Option<&str>| NodeFacts {
+            workload_name: Some(name.into()),
+            namespace: ns.map(Into::into),
+            service_account: sa.map(Into::into),
+        };
+        let mut a = order_with_identity();
+        assert_eq!(
+            a.check_node(Some(&node(
+                "order-service",
+                Some("shop"),
+                Some("order-service")
+            ))),
+            &WorkloadCheck::Confirmed
+        );
+        assert!(a.decide(&facts(USER, b"GET", b"/")).is_allow());
+        for wrong in [
+            node("payment-service", Some("shop"), Some("order-service")),
+            node("order-service", Some("other"), Some("order-service")),
+            node("order-service", Some("shop"), Some("payment-service")),
+        ] {
+            let mut a = order_with_identity();
+            assert!(matches!(
+                a.check_node(Some(&wrong)),
+                WorkloadCheck::Mismatch(_)
+            ));
+            assert_eq!(
+                reason(a.decide(&facts(USER, b"GET", b"/"))),
+                Some(DenyReason::WrongWorkload)
+            );
+        }
+        // Without a namespace or service account in the metadata, each request's local
+        // certificate decides.
+        let mut a = order_with_identity();
+        assert_eq!(
+            a.check_node(Some(&node("order-service", None, None))),
+            &WorkloadCheck::PerRequest
+        );
+        let own = b"spiffe://cluster.local/ns/shop/sa/order-service";
+        let with_local = |local: Option<&'static [u8]>| RequestFacts {
+            local_identity: local,
+            ..facts(USER, b"GET", b"/")
+        };
+        assert!(a.decide(&with_local(Some(own))).is_allow());
+        for local in [
+            None,
+            Some(&b"spiffe://cluster.local/ns/shop/sa/payment-service"[..]),
+            Some(b"spiffe://cluster.local/ns/shop/sa/order-service/"),
+            Some(b""),
+        ] {
+            assert_eq!(
+                reason(a.decide(&with_local(local))),
+                Some(DenyReason::WrongWorkload),
+                "{local:?}"
+            );
+        }
+        // No node at all: the same per-request check.
+        let mut a = order_with_identity();
+        assert_eq!(a.check_node(None), &WorkloadCheck::PerRequest);
+        // No identity configured: only the workload name can be checked.
+        let mut a = order_authorizer();
+        assert_eq!(a.check_node(None), &WorkloadCheck::NameOnly);
+        assert!(matches!(
+            a.check_node(Some(&node("user-service", None, None))),
+            WorkloadCheck::Mismatch(_)
+        ));
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub struct AllowEntry {
 pub struct AuthzConfig {
     /// The service this filter protects (its pods run the sidecar).
     pub workload: String,
+    /// The SPIFFE identity of the protected workload's own pods. With it the filter checks that it
+    /// runs in the workload it was configured for (Istio's node metadata, else the local
+    /// certificate's URI SAN) and denies everything with `wrong_workload` if not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     #[serde(default)]
     pub mode: Mode,
     #[serde(default)]
@@ -161,6 +166,9 @@ impl AuthzConfig {
     /// Checks every field; the error names the first one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_service_name("workload", &self.workload)?;
+        if let Some(id) = &self.identity {
+            SpiffeId::parse(id).map_err(|e| ConfigError::new("identity", e.to_string()))?;
+        }
         if self.allow.len() > MAX_ALLOW_ENTRIES {
             return Err(ConfigError::new(
                 "allow",
@@ -311,6 +319,10 @@ mod tests {
         assert_eq!(field_of(r#"{"workload":"a","allow":[]} x"#), ".");
         assert_eq!(field_of(r#"{"allow":[]}"#), ".");
         assert_eq!(field_of(r#"{"workload":"A","allow":[]}"#), "workload");
+        assert_eq!(
+            field_of(r#"{"workload":"a","identity":"spiffe://t/ns/n","allow":[]}"#),
+            "identity"
+        );
         assert_eq!(
             field_of(r#"{"workload":"a","allow":[],"extra":1}"#),
             "extra"

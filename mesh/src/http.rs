@@ -49,8 +49,9 @@ pub fn is_method_token(token: &str) -> bool {
 pub enum PathProblem {
     /// Not valid UTF-8 or not starting with `/`.
     Malformed,
-    /// Contains `.`/`..` segments, an empty segment, a backslash, or a percent-encoded `/`, `\`, `.` or `%`
-    /// that a backend could decode into a different path than the one matched.
+    /// Contains `.`/`..` segments, an empty segment, a backslash, a `;` (path parameters), a control
+    /// character, or a percent-encoded `/`, `\`, `.`, `%`, `;` or NUL that a backend could decode
+    /// or strip into a different path than the one matched.
     NotNormalized,
 }
 
@@ -64,11 +65,17 @@ pub fn normalized_path(raw: &[u8]) -> Result<&str, PathProblem> {
     if !path.starts_with('/') {
         return Err(PathProblem::Malformed);
     }
-    if path.contains('\\') {
+    // A backslash, a `;` (path parameters: Tomcat, Spring and Jetty drop `;…` from each segment,
+    // so `/orders/..;/admin` is `/admin` to them) or a control character can make the backend
+    // resolve another path than the one matched.
+    if path
+        .bytes()
+        .any(|b| b == b'\\' || b == b';' || b.is_ascii_control())
+    {
         return Err(PathProblem::NotNormalized);
     }
     let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e", "%25"]
+    if ["%2f", "%5c", "%2e", "%25", "%3b", "%00"]
         .iter()
         .any(|enc| lower.contains(enc))
     {
@@ -86,6 +93,129 @@ pub fn normalized_path(raw: &[u8]) -> Result<&str, PathProblem> {
         return Err(PathProblem::NotNormalized);
     }
     Ok(path)
+}
+
+/// Request headers that ask a framework to run another method than `:method` (Express
+/// `method-override`, Spring, Rails, Laravel, ASP.NET, Symfony and others honour one or more).
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The query parameter frameworks read as a method override (Spring `HiddenHttpMethodFilter`,
+/// Rails, Laravel, Symfony).
+pub const METHOD_OVERRIDE_PARAM: &str = "_method";
+
+/// Does the query of `raw_path` carry a [`METHOD_OVERRIDE_PARAM`] parameter? Parameter names are
+/// compared after percent-decoding and case-insensitively, so `%5Fmethod` and `_METHOD` count too;
+/// a path that is not UTF-8 or whose name cannot be decoded counts as carrying one (fail-closed).
+pub fn query_has_method_override(raw_path: &[u8]) -> bool {
+    let Some(q) = raw_path.iter().position(|b| *b == b'?') else {
+        return false;
+    };
+    let query = &raw_path[q + 1..];
+    let query = match query.iter().position(|b| *b == b'#') {
+        Some(end) => &query[..end],
+        None => query,
+    };
+    query.split(|b| *b == b'&' || *b == b';').any(|param| {
+        let name = match param.iter().position(|b| *b == b'=') {
+            Some(eq) => &param[..eq],
+            None => param,
+        };
+        match percent_decode(name) {
+            Some(decoded) => decoded
+                .trim_ascii()
+                .eq_ignore_ascii_case(METHOD_OVERRIDE_PARAM.as_bytes()),
+            None => true,
+        }
+    })
+}
+
+/// Percent-decodes `raw` (and `+` as a space, as form decoding does); `None` for a bad escape.
+fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        match b {
+            b'%' => {
+                let hi = raw.get(i + 1).and_then(|c| (*c as char).to_digit(16))?;
+                let lo = raw.get(i + 2).and_then(|c| (*c as char).to_digit(16))?;
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// What kind of gRPC request a `content-type` value makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcKind {
+    /// Not gRPC.
+    None,
+    /// gRPC over HTTP/2: Envoy's `Grpc::Common::hasGrpcContentType`, i.e. exactly
+    /// `application/grpc`, or starting with `application/grpc+` or `application/grpc;`.
+    Grpc,
+    /// gRPC-web, binary: `application/grpc-web` or `application/grpc-web+<codec>`.
+    GrpcWeb,
+    /// gRPC-web, base64 text: `application/grpc-web-text` or `application/grpc-web-text+<codec>`.
+    GrpcWebText,
+}
+
+/// Classifies a request's `content-type` as Envoy does for gRPC (case-sensitive, like Envoy's
+/// `absl::StartsWith` on the header value) and as gRPC-web clients send it.
+pub fn grpc_kind(content_type: &[u8]) -> GrpcKind {
+    let kind = |base: &[u8], seps: &[u8]| {
+        content_type
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.is_empty() || rest.first().is_some_and(|c| seps.contains(c)))
+    };
+    if kind(b"application/grpc", b"+;") {
+        GrpcKind::Grpc
+    } else if kind(b"application/grpc-web-text", b"+;") {
+        GrpcKind::GrpcWebText
+    } else if kind(b"application/grpc-web", b"+;") {
+        GrpcKind::GrpcWeb
+    } else {
+        GrpcKind::None
+    }
+}
+
+/// Envoy's `Grpc::Utility::grpcToHttpStatus`: the HTTP status a gRPC status stands for, so that a
+/// gRPC response (always HTTP 200) is counted in the code class of what happened.
+pub fn grpc_to_http_status(grpc_status: u64) -> u64 {
+    match grpc_status {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
+
+/// Parses a `grpc-status` value (decimal, at most two digits, as gRPC sends it).
+pub fn parse_grpc_status(raw: &[u8]) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 2 || !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(raw.iter().fold(0, |acc, d| acc * 10 + u64::from(d - b'0')))
 }
 
 /// Does `path` fall under `prefix`, on a segment boundary? `/orders` covers `/orders`,
@@ -137,6 +267,15 @@ mod tests {
             b"/orders%2Fadmin",
             b"/orders\\..\\admin",
             b"/orders/%252e",
+            b"/orders/..;/admin",
+            b"/orders/.;/admin",
+            b"/orders;x=1/../admin",
+            b"/orders;jsessionid=1",
+            b"/orders/%3b/x",
+            b"/orders/%3B/x",
+            b"/orders/\0",
+            b"/orders/%00",
+            b"/orders/\t",
         ] {
             assert_eq!(
                 normalized_path(bad),
@@ -146,6 +285,82 @@ mod tests {
         }
         assert_eq!(normalized_path(b"orders"), Err(PathProblem::Malformed));
         assert_eq!(normalized_path(b"/\xff"), Err(PathProblem::Malformed));
+    }
+
+    #[test]
+    fn method_override_parameters_are_found_however_spelled() {
+        for with in [
+            &b"/orders?_method=DELETE"[..],
+            b"/orders?a=1&_method=DELETE",
+            b"/orders?a=1;_method=DELETE",
+            b"/orders?%5Fmethod=DELETE",
+            b"/orders?%5fmethod=DELETE",
+            b"/orders?_%6Dethod=DELETE",
+            b"/orders?_METHOD=delete",
+            b"/orders?_method",
+            b"/orders?+_method=x",
+            b"/orders?%zz=1",
+        ] {
+            assert!(query_has_method_override(with), "{with:?}");
+        }
+        for without in [
+            &b"/orders"[..],
+            b"/orders?user_id=7",
+            b"/orders?x_method=1",
+            b"/orders?method=DELETE",
+            b"/orders#_method=1",
+            b"/orders?a=1#_method=1",
+            b"/_method",
+        ] {
+            assert!(!query_has_method_override(without), "{without:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_content_types_follow_envoy() {
+        for ct in [
+            &b"application/grpc"[..],
+            b"application/grpc+proto",
+            b"application/grpc+json",
+            b"application/grpc;charset=utf-8",
+        ] {
+            assert_eq!(grpc_kind(ct), GrpcKind::Grpc, "{ct:?}");
+        }
+        for ct in [&b"application/grpc-web"[..], b"application/grpc-web+proto"] {
+            assert_eq!(grpc_kind(ct), GrpcKind::GrpcWeb, "{ct:?}");
+        }
+        for ct in [
+            &b"application/grpc-web-text"[..],
+            b"application/grpc-web-text+proto",
+        ] {
+            assert_eq!(grpc_kind(ct), GrpcKind::GrpcWebText, "{ct:?}");
+        }
+        for ct in [
+            &b"application/grpcx"[..],
+            b"application/grpc-webx",
+            b"application/grpc-web-textual",
+            b"application/grpc-",
+            b"Application/grpc",
+            b"application/json",
+            b"",
+            b" application/grpc",
+        ] {
+            assert_eq!(grpc_kind(ct), GrpcKind::None, "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_statuses_map_to_http_classes() {
+        assert_eq!(grpc_to_http_status(7), 403);
+        assert_eq!(grpc_to_http_status(0), 200);
+        assert_eq!(grpc_to_http_status(16), 401);
+        assert_eq!(grpc_to_http_status(14), 503);
+        assert_eq!(grpc_to_http_status(99), 500);
+        assert_eq!(parse_grpc_status(b"7"), Some(7));
+        assert_eq!(parse_grpc_status(b"16"), Some(16));
+        assert_eq!(parse_grpc_status(b"123"), None);
+        assert_eq!(parse_grpc_status(b"-1"), None);
+        assert_eq!(parse_grpc_status(b""), None);
     }
 
     #[test]

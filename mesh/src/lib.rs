@@ -6,7 +6,8 @@
 //! - [`config`]: the filters' JSON configuration, validated with errors that name the field.
 //! - [`authz`]: the fail-closed authorization decision.
 //! - [`metrics`]: metric names and the Envoy tag rules that label them.
-//! - [`http`]: method, path and status helpers.
+//! - [`http`]: method, path, gRPC and status helpers.
+//! - [`node`]: the workload facts Envoy reports in its `node` property.
 //!
 //! This crate builds for `wasm32-wasip1` (inside the filters) and natively (installer, tests).
 
@@ -16,8 +17,10 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod node;
 
-pub use authz::{Authorizer, Decision, DenyReason, RequestFacts};
+pub use authz::{Authorizer, Decision, DenyReason, Facts, RequestFacts, WorkloadCheck};
 pub use config::{AllowEntry, AuthzConfig, ConfigError, LogLevel, MetricsConfig, Mode};
 pub use identity::{IdentityError, SpiffeId};
 pub use model::{CallRule, Mesh, ModelError, Service};
+pub use node::NodeFacts;

@@ -132,6 +132,30 @@ pub fn allowed_total(source: &str, destination: &str) -> String {
     )
 }
 
+/// Most series one filter instance defines. Label values come from closed sets, but a large
+/// configuration (up to 1024 peers) times methods and code classes could still ask the host for
+/// tens of thousands of series, and a host may refuse some (the crates.io `proxy-wasm-host`
+/// refuses a guest's 1025th metric name). Beyond this many, a new series is counted in its
+/// metric's [`overflow_series`].
+pub const MAX_SERIES: usize = 512;
+
+/// The label value of every label of an overflow series.
+pub const OVERFLOW: &str = "overflow";
+
+/// The overflow series of a stat name: the same metric and labels, every value [`OVERFLOW`].
+pub fn overflow_series(stat: &str) -> String {
+    let mut parts = stat.split('.');
+    let mut out = String::with_capacity(stat.len() + 32);
+    out.push_str(parts.next().unwrap_or_default());
+    for part in parts {
+        out.push('.');
+        out.push_str(part.split('=').next().unwrap_or_default());
+        out.push('=');
+        out.push_str(OVERFLOW);
+    }
+    out
+}
+
 /// PromQL for the request rate into `destination` (requests per second over 1m), the query a KEDA
 /// trigger or a Grafana panel uses.
 pub fn request_rate_query(namespace: &str, destination: &str) -> String {
@@ -209,6 +233,20 @@ mod tests {
                 ("destination".into(), "destination".into())
             ]
         );
+    }
+
+    #[test]
+    fn overflow_series_keep_the_metric_and_its_labels() {
+        let stat = requests_total("user-service", "order-service", "GET", "2xx");
+        let over = overflow_series(&stat);
+        assert_eq!(
+            over,
+            "meshguard_requests_total.source=overflow.destination=overflow.method=overflow.code_class=overflow"
+        );
+        let (name, tags) = extract(&over);
+        assert_eq!(name, REQUESTS_TOTAL);
+        assert_eq!(tags.len(), 4);
+        assert_eq!(overflow_series(&over), over);
     }
 
     #[test]

@@ -30,6 +30,15 @@ pub enum ModelError {
     Rule { index: usize, message: String },
     #[error("no service named `{0}`")]
     NoSuchService(String),
+    #[error(
+        "services `{first}` and `{second}` share the service account `{service_account}`: they would \
+         have one identity, and each would be admitted as the other; give each its own"
+    )]
+    SharedServiceAccount {
+        first: String,
+        second: String,
+        service_account: String,
+    },
 }
 
 /// One service of the system.
@@ -104,11 +113,20 @@ impl Mesh {
         // The trust domain is checked by building an identity with it.
         SpiffeId::new(&self.trust_domain, &self.namespace, "probe")?;
         let mut names = BTreeMap::new();
+        let mut accounts: BTreeMap<&str, &str> = BTreeMap::new();
         for s in &self.services {
             validate_dns_label(&s.name)?;
             validate_dns_label(&s.service_account)?;
             if names.insert(s.name.as_str(), s).is_some() {
                 return Err(ModelError::DuplicateService(s.name.clone()));
+            }
+            // The identity is the service account: two services on one account are one caller.
+            if let Some(first) = accounts.insert(s.service_account.as_str(), s.name.as_str()) {
+                return Err(ModelError::SharedServiceAccount {
+                    first: first.to_owned(),
+                    second: s.name.clone(),
+                    service_account: s.service_account.clone(),
+                });
             }
         }
         for (index, rule) in self.calls.iter().enumerate() {
@@ -175,6 +193,7 @@ impl Mesh {
         mode: Mode,
         log_level: LogLevel,
     ) -> Result<AuthzConfig, ModelError> {
+        self.validate()?;
         self.service(name)?;
         let mut allow: Vec<AllowEntry> = Vec::new();
         for rule in self.callers_of(name) {
@@ -202,6 +221,7 @@ impl Mesh {
         }
         Ok(AuthzConfig {
             workload: name.to_owned(),
+            identity: Some(self.identity(name)?.to_string()),
             mode,
             log_level,
             allow,
@@ -290,6 +310,9 @@ mod tests {
             peer_identity: Some(id.as_bytes()),
             method: Some(b"POST"),
             path: Some(b"/pay"),
+            // The sidecar's own certificate: the payment-service pod the config was made for.
+            local_identity: Some(b"spiffe://cluster.local/ns/shop/sa/payment-service"),
+            ..RequestFacts::default()
         };
         let order: &'static str = Box::leak(order.into_boxed_str());
         let user: &'static str = Box::leak(user.into_boxed_str());
@@ -329,6 +352,42 @@ mod tests {
             mesh.validate(),
             Err(ModelError::Rule { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn two_services_on_one_service_account_are_rejected_by_name() {
+        let mut mesh = Mesh::reference("shop").unwrap();
+        mesh.services[2].service_account = USER_SERVICE.into();
+        let err = mesh.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ModelError::SharedServiceAccount {
+                first: USER_SERVICE.into(),
+                second: PAYMENT_SERVICE.into(),
+                service_account: USER_SERVICE.into(),
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("`user-service` and `payment-service`"),
+            "{text}"
+        );
+        // Another service's account name is fine as long as no two services share one.
+        let mut mesh = Mesh::reference("shop").unwrap();
+        mesh.services[0].service_account = "frontend".into();
+        assert!(mesh.validate().is_ok());
+    }
+
+    #[test]
+    fn configs_name_the_workload_identity() {
+        let mesh = Mesh::reference("shop").unwrap();
+        let cfg = mesh
+            .authz_config(ORDER_SERVICE, Mode::Enforce, LogLevel::Info)
+            .unwrap();
+        assert_eq!(
+            cfg.identity.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/order-service")
+        );
     }
 
     #[test]

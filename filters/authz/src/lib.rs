@@ -1,28 +1,40 @@
 //! meshguard identity authorization filter.
 //!
-//! Runs in the inbound (server-side) sidecar of one workload. For each request it reads the mTLS
-//! facts Envoy exposes (`connection.mtls`, `connection.uri_san_peer_certificate`) and the request's
-//! `:method` and `:path`, and asks the compiled policy ([`meshguard_mesh::Authorizer`]) for a
-//! decision. A denial is answered locally with 403, a small JSON body and an
-//! `x-meshguard-deny-reason` header (a gRPC request gets `grpc-status: 7`, PERMISSION_DENIED, with
-//! the reason as `grpc-message`); in dry-run mode it is logged and counted but the request goes
-//! on. Without a valid configuration every request is denied.
+//! Runs in the inbound (server-side) sidecar of one workload. At configuration it checks, from
+//! Envoy's `node` property (Istio's node metadata), that it runs in the workload it was configured
+//! for. For each request it reads the mTLS facts Envoy exposes (`connection.mtls`,
+//! `connection.uri_san_peer_certificate`, and `connection.uri_san_local_certificate` when the node
+//! metadata could not confirm the workload) and, when the caller's rule narrows by them, the
+//! request's `:method`, method overrides and `:path`, and asks the compiled policy
+//! ([`meshguard_mesh::Authorizer`]) for a decision. A denial is answered locally with 403, a small
+//! JSON body and an `x-meshguard-deny-reason` header; a gRPC request gets `grpc-status: 7`,
+//! PERMISSION_DENIED, with the reason as `grpc-message`, and a gRPC-web request the same as a
+//! trailers-only gRPC-web response. In dry-run mode a denial is logged and counted but the request
+//! goes on. Without a valid configuration every request is denied.
+//!
+//! No host answer makes the filter trap: host calls go through `meshguard_filter_common::abi`,
+//! and a local reply the host refuses resets the stream instead.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use meshguard_filter_common::{self as common, Metrics};
-use meshguard_mesh::{metrics, Authorizer, Decision, DenyReason, Mode, RequestFacts};
+use meshguard_filter_common::{self as common, abi, Metrics};
+use meshguard_mesh::http::{self, GrpcKind, METHOD_OVERRIDE_HEADERS};
+use meshguard_mesh::{
+    metrics, Authorizer, Decision, DenyReason, Facts, Mode, NodeFacts, WorkloadCheck,
+};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel};
+use proxy_wasm::types::{Action, ContextType};
 
 /// Header naming the deny reason on a 403.
 pub const DENY_REASON_HEADER: &str = "x-meshguard-deny-reason";
-/// Envoy response-code details for our local replies.
+/// Envoy response-code details of our local replies (`response.code_details`, `%RESPONSE_CODE_DETAILS%`).
 pub const RESPONSE_DETAILS: &str = "meshguard_authz_denied";
+/// gRPC PERMISSION_DENIED.
+const GRPC_PERMISSION_DENIED: i32 = 7;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Trace);
+    common::init_logging(log::LevelFilter::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthzRoot::default()) });
 }}
 
@@ -43,7 +55,22 @@ impl RootContext for AuthzRoot {
             return false;
         };
         match Authorizer::from_json(&raw) {
-            Ok(a) => {
+            Ok(mut a) => {
+                let node = common::property(common::PROP_NODE).and_then(|raw| {
+                    NodeFacts::from_node_proto(&raw)
+                        .map_err(|e| log::warn!("meshguard-authz: {e}"))
+                        .ok()
+                });
+                match a.check_node(node.as_ref()).clone() {
+                    WorkloadCheck::Mismatch(why) => log::error!(
+                        "meshguard-authz: configured for {} but running in {why}; denying every request (reason=wrong_workload)",
+                        a.workload()
+                    ),
+                    WorkloadCheck::PerRequest => log::info!(
+                        "meshguard-authz: the node metadata does not name this workload's namespace and service account; checking each request's local certificate"
+                    ),
+                    WorkloadCheck::Confirmed | WorkloadCheck::NameOnly => {}
+                }
                 log::info!(
                     "meshguard-authz: protecting {} in {} mode",
                     a.workload(),
@@ -87,42 +114,154 @@ fn mode_label(mode: Mode) -> &'static str {
 
 impl AuthzStream {
     fn deny(&self, workload: &str, reason: DenyReason) -> Action {
-        let sent = if is_grpc() {
-            // gRPC clients read the status from `grpc-status`, not from the HTTP status.
-            proxy_wasm::hostcalls::send_grpc_response(
-                GrpcStatusCode::PermissionDenied,
-                Some(reason.as_str()),
-                vec![(DENY_REASON_HEADER, reason.as_str().as_bytes())],
-            )
-        } else {
-            // Both values are from closed sets (a validated service name, a reason token), so
-            // they need no JSON escaping.
-            let body = format!(
-                r#"{{"error":"forbidden","reason":"{}","workload":"{workload}"}}"#,
-                reason.as_str()
-            );
-            let headers = vec![
-                ("content-type", "application/json"),
-                (DENY_REASON_HEADER, reason.as_str()),
-            ];
-            proxy_wasm::hostcalls::send_http_response(403, headers, Some(body.as_bytes()))
+        let why = reason.as_str().as_bytes();
+        let content_type = common::request_header("content-type");
+        let sent = match content_type
+            .as_deref()
+            .map_or(GrpcKind::None, http::grpc_kind)
+        {
+            // gRPC clients read the status from `grpc-status`, not from the HTTP status: Envoy
+            // turns a local reply with a gRPC status into HTTP 200 with `grpc-status` and the
+            // body as `grpc-message` for a request with a gRPC content type.
+            GrpcKind::Grpc => abi::send_local_response(
+                403,
+                RESPONSE_DETAILS.as_bytes(),
+                why,
+                &abi::serialize_pairs(&[(DENY_REASON_HEADER.as_bytes(), why)]),
+                GRPC_PERMISSION_DENIED,
+            ),
+            // Envoy does not treat gRPC-web as gRPC here (its gRPC-web filter runs later in the
+            // chain), so the filter answers as a gRPC-web server does: HTTP 200, the status in
+            // a trailer frame (flag 0x80, base64 for `-text`), and in the headers too for the
+            // clients that read a trailers-only status there. Envoy drops `content-type` from a
+            // local reply without a body, so the frame also keeps the content type.
+            kind @ (GrpcKind::GrpcWeb | GrpcKind::GrpcWebText) => {
+                let text = kind == GrpcKind::GrpcWebText;
+                let ct: &[u8] = if text {
+                    b"application/grpc-web-text+proto"
+                } else {
+                    b"application/grpc-web+proto"
+                };
+                let headers = abi::serialize_pairs(&[
+                    (b"content-type", ct),
+                    (b"grpc-status", b"7"),
+                    (b"grpc-message", why),
+                    (DENY_REASON_HEADER.as_bytes(), why),
+                ]);
+                let body = grpc_web_trailer_frame(why, text);
+                abi::send_local_response(200, RESPONSE_DETAILS.as_bytes(), &body, &headers, -1)
+            }
+            GrpcKind::None => {
+                // Both values are from closed sets (a validated service name, a reason token),
+                // so they need no JSON escaping.
+                let body = format!(
+                    r#"{{"error":"forbidden","reason":"{}","workload":"{workload}"}}"#,
+                    reason.as_str()
+                );
+                let headers = abi::serialize_pairs(&[
+                    (b"content-type", b"application/json"),
+                    (DENY_REASON_HEADER.as_bytes(), why),
+                ]);
+                abi::send_local_response(
+                    403,
+                    RESPONSE_DETAILS.as_bytes(),
+                    body.as_bytes(),
+                    &headers,
+                    -1,
+                )
+            }
         };
         if let Err(status) = sent {
             // The host refused the local reply: do not let the request through regardless.
             log::error!(
-                "meshguard-authz: cannot send the denial ({status:?}); resetting the stream"
+                "meshguard-authz: cannot send the denial (host status {status}); resetting the stream"
             );
-            if let Err(status) = proxy_wasm::hostcalls::reset_http_request() {
-                log::error!("meshguard-authz: cannot reset the stream either: {status:?}");
+            if let Err(status) = abi::close_stream(abi::STREAM_HTTP_REQUEST) {
+                log::error!(
+                    "meshguard-authz: cannot reset the stream either (host status {status})"
+                );
             }
         }
         Action::Pause
     }
 }
 
-/// Is this a gRPC request (`content-type: application/grpc[+proto|...]`)?
-fn is_grpc() -> bool {
-    common::request_header("content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"))
+/// A gRPC-web trailer frame carrying PERMISSION_DENIED and `message` (a reason token, no escaping
+/// needed): flag byte 0x80, u32 big-endian length, `grpc-status:7\r\ngrpc-message:…\r\n`;
+/// base64 (standard alphabet, padded) for `application/grpc-web-text`.
+fn grpc_web_trailer_frame(message: &[u8], text: bool) -> Vec<u8> {
+    let mut trailers = b"grpc-status:7\r\ngrpc-message:".to_vec();
+    trailers.extend_from_slice(message);
+    trailers.extend_from_slice(b"\r\n");
+    let mut frame = Vec::with_capacity(5 + trailers.len());
+    frame.push(0x80);
+    frame.extend_from_slice(&u32::try_from(trailers.len()).unwrap_or(0).to_be_bytes());
+    frame.extend_from_slice(&trailers);
+    if !text {
+        return frame;
+    }
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(frame.len().div_ceil(3) * 4);
+    for chunk in frame.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            let sextet = usize::try_from((n >> shift) & 63).unwrap_or(0);
+            if i <= chunk.len() {
+                out.push(ALPHABET.get(sextet).copied().unwrap_or(b'A'));
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    out
+}
+
+/// A request's facts, each read from the host the first time the decision asks for it.
+#[derive(Default)]
+struct HostFacts {
+    peer: Option<Option<Vec<u8>>>,
+    local: Option<Option<Vec<u8>>>,
+    method: Option<Option<Vec<u8>>>,
+    path: Option<Option<Vec<u8>>>,
+}
+
+fn cached(
+    slot: &mut Option<Option<Vec<u8>>>,
+    read: impl FnOnce() -> Option<Vec<u8>>,
+) -> Option<&[u8]> {
+    slot.get_or_insert_with(read).as_deref()
+}
+
+impl Facts for HostFacts {
+    fn mtls(&mut self) -> Option<bool> {
+        common::bool_property(common::PROP_MTLS)
+    }
+    fn peer_identity(&mut self) -> Option<&[u8]> {
+        cached(&mut self.peer, || {
+            common::property(common::PROP_PEER_URI_SAN)
+        })
+    }
+    fn local_identity(&mut self) -> Option<&[u8]> {
+        cached(&mut self.local, || {
+            common::property(common::PROP_LOCAL_URI_SAN)
+        })
+    }
+    fn method(&mut self) -> Option<&[u8]> {
+        cached(&mut self.method, || common::request_header(":method"))
+    }
+    fn path(&mut self) -> Option<&[u8]> {
+        cached(&mut self.path, || common::request_header(":path"))
+    }
+    fn has_method_override_header(&mut self) -> bool {
+        METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|name| common::request_header(name).is_some())
+    }
 }
 
 impl HttpContext for AuthzStream {
@@ -131,20 +270,11 @@ impl HttpContext for AuthzStream {
             log::error!("meshguard-authz: deny reason=config_invalid (no valid configuration)");
             return self.deny(metrics::SOURCE_UNKNOWN, DenyReason::ConfigInvalid);
         };
-        let peer = common::property(&common::PROP_PEER_URI_SAN);
-        let method = common::request_header(":method");
-        let path = common::request_header(":path");
-        let facts = RequestFacts {
-            mtls: common::bool_property(&common::PROP_MTLS),
-            peer_identity: peer.as_deref(),
-            method: method.as_deref(),
-            path: path.as_deref(),
-        };
-        let decision = authorizer.decide(&facts);
+        let mut facts = HostFacts::default();
+        let decision = authorizer.decide_with(&mut facts);
         let workload = authorizer.workload();
         let level = common::log_level(authorizer.log_level());
-        let method_label =
-            meshguard_mesh::http::method_label(method.as_deref().unwrap_or_default());
+        let method_label = http::method_label(facts.method().unwrap_or_default());
         match decision {
             Decision::Allow { source } => {
                 log::log!(level, "meshguard-authz: allow source={source} destination={workload} method={method_label}");

@@ -1,35 +1,39 @@
-//! Guest-side glue shared by the meshguard filters. Every host call goes through
-//! `proxy_wasm::hostcalls` directly and its error is handled here: the SDK's trait helpers
-//! `unwrap()` host errors, and a panicking filter takes the proxy's request down.
+//! Guest-side glue shared by the meshguard filters. Every host call goes through [`abi`], whose
+//! wrappers hand every status back instead of panicking as the SDK's do, and each failure is
+//! handled here or by the filter: no host answer makes a filter trap.
+
+pub mod abi;
 
 use std::collections::HashMap;
 
-use meshguard_mesh::LogLevel;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType};
+use meshguard_mesh::{metrics, LogLevel};
 
 /// Envoy's property holding whether the downstream connection is mutual TLS (1 byte, bool).
-pub const PROP_MTLS: [&str; 2] = ["connection", "mtls"];
+/// Property paths are their segments joined by NUL, as the ABI passes them.
+pub const PROP_MTLS: &[u8] = b"connection\0mtls";
 /// Envoy's property holding the first URI SAN of the peer certificate (string).
-pub const PROP_PEER_URI_SAN: [&str; 2] = ["connection", "uri_san_peer_certificate"];
+pub const PROP_PEER_URI_SAN: &[u8] = b"connection\0uri_san_peer_certificate";
+/// Envoy's property holding the first URI SAN of the local (this sidecar's) certificate.
+pub const PROP_LOCAL_URI_SAN: &[u8] = b"connection\0uri_san_local_certificate";
 /// Envoy's property holding the response code (int64, little endian).
-pub const PROP_RESPONSE_CODE: [&str; 2] = ["response", "code"];
+pub const PROP_RESPONSE_CODE: &[u8] = b"response\0code";
+/// Envoy's `node` property: the proxy's `envoy.config.core.v3.Node`, serialized protobuf.
+pub const PROP_NODE: &[u8] = b"node";
 
 /// The plugin configuration handed to `on_configure`, or `None` if the host has none.
 pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
-    match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
-        Ok(Some(bytes)) => Some(bytes),
-        _ => None,
-    }
+    abi::buffer(abi::PLUGIN_CONFIGURATION, 0, size)
+        .ok()
+        .flatten()
 }
 
 /// A property's raw bytes; absent and unreadable are both `None` (callers fail closed).
-pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+pub fn property(path: &[u8]) -> Option<Vec<u8>> {
+    abi::property(path).ok().flatten()
 }
 
 /// A boolean property as Envoy serializes it (one byte). Anything else is `None`.
-pub fn bool_property(path: &[&str]) -> Option<bool> {
+pub fn bool_property(path: &[u8]) -> Option<bool> {
     match property(path)?.as_slice() {
         [0] => Some(false),
         [1] => Some(true),
@@ -38,32 +42,71 @@ pub fn bool_property(path: &[&str]) -> Option<bool> {
 }
 
 /// An int64 property as Envoy serializes it (eight bytes, little endian).
-pub fn int_property(path: &[&str]) -> Option<i64> {
+pub fn int_property(path: &[u8]) -> Option<i64> {
     let bytes: [u8; 8] = property(path)?.try_into().ok()?;
     Some(i64::from_le_bytes(bytes))
 }
 
-/// A request header's raw value.
+/// A request header's raw value (`name` in lower case); unavailable is `None`.
 pub fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+    abi::header(abi::REQUEST_HEADERS, name.as_bytes())
         .ok()
         .flatten()
 }
 
 /// A response header's raw value.
 pub fn response_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+    abi::header(abi::RESPONSE_HEADERS, name.as_bytes())
+        .ok()
+        .flatten()
+}
+
+/// A response trailer's raw value.
+pub fn response_trailer(name: &str) -> Option<Vec<u8>> {
+    abi::header(abi::RESPONSE_TRAILERS, name.as_bytes())
         .ok()
         .flatten()
 }
 
 /// The host clock in nanoseconds since the epoch, if it answers.
 pub fn now_nanos() -> Option<u128> {
-    hostcalls::get_current_time()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_nanos())
+    abi::now_nanos().map(u128::from)
+}
+
+/// A `log` backend over [`abi::log`]: unlike the SDK's logger it never panics when the host
+/// refuses a line.
+struct HostLogger;
+
+static LOGGER: HostLogger = HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Trace => 0,
+            log::Level::Debug => 1,
+            log::Level::Info => 2,
+            log::Level::Warn => 3,
+            log::Level::Error => 4,
+        };
+        let message = record.args().to_string();
+        abi::log(level, message.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger (once; later calls only change the level) and logs at `level` and above.
+pub fn init_logging(level: log::LevelFilter) {
+    // `set_logger` fails only when a logger is already installed: then it is this one.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
 }
 
 /// The `log` level for a configured [`LogLevel`].
@@ -77,44 +120,58 @@ pub fn log_level(level: LogLevel) -> log::Level {
     }
 }
 
-/// Metric handles by stat name, defined on first use. The names come from closed label sets, so
-/// the map stays small.
+/// Metric handles by stat name, defined on first use. At most [`metrics::MAX_SERIES`] series are
+/// defined; a series beyond that is counted in its metric's overflow series (every label
+/// `overflow`), so neither a large configuration nor hostile traffic can make the host refuse a
+/// metric. A metric the host refuses is remembered as refused and not asked for again.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ids: HashMap<String, u32>,
+    ids: HashMap<String, Option<u32>>,
+    defined: usize,
 }
 
 impl Metrics {
-    fn id(&mut self, kind: MetricType, name: String) -> Option<u32> {
+    fn id(&mut self, kind: u32, name: String) -> Option<u32> {
         if let Some(id) = self.ids.get(&name) {
-            return Some(*id);
+            return *id;
         }
-        match hostcalls::define_metric(kind, &name) {
+        let name = if self.defined >= metrics::MAX_SERIES {
+            let overflow = metrics::overflow_series(&name);
+            if let Some(id) = self.ids.get(&overflow) {
+                return *id;
+            }
+            overflow
+        } else {
+            name
+        };
+        let id = match abi::define_metric(kind, name.as_bytes()) {
             Ok(id) => {
-                self.ids.insert(name, id);
+                self.defined += 1;
                 Some(id)
             }
             Err(status) => {
-                log::error!("cannot define metric {name}: {status:?}");
+                log::error!("cannot define metric {name}: host status {status}");
                 None
             }
-        }
+        };
+        self.ids.insert(name, id);
+        id
     }
 
     /// Adds one to the counter `name`.
     pub fn count(&mut self, name: String) {
-        if let Some(id) = self.id(MetricType::Counter, name) {
-            if let Err(status) = hostcalls::increment_metric(id, 1) {
-                log::error!("cannot increment metric {id}: {status:?}");
+        if let Some(id) = self.id(abi::METRIC_COUNTER, name) {
+            if let Err(status) = abi::increment_metric(id, 1) {
+                log::error!("cannot increment metric {id}: host status {status}");
             }
         }
     }
 
     /// Records `value` in the histogram `name`.
     pub fn record(&mut self, name: String, value: u64) {
-        if let Some(id) = self.id(MetricType::Histogram, name) {
-            if let Err(status) = hostcalls::record_metric(id, value) {
-                log::error!("cannot record metric {id}: {status:?}");
+        if let Some(id) = self.id(abi::METRIC_HISTOGRAM, name) {
+            if let Err(status) = abi::record_metric(id, value) {
+                log::error!("cannot record metric {id}: host status {status}");
             }
         }
     }

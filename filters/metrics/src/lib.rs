@@ -5,18 +5,23 @@
 //! request by source service, destination, method and response-code class and records its
 //! duration. The metrics are defined through the Proxy-Wasm metrics API, so Envoy exports them on
 //! its Prometheus endpoint (see docs/metrics.md for the Istio settings that label them).
+//!
+//! A gRPC or gRPC-web response is classed by its `grpc-status` (as Envoy's `grpcToHttpStatus`
+//! maps it), since its HTTP status is 200 whatever happened. Without a valid configuration the
+//! filter measures nothing and lets every request through; no host answer makes it trap.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use meshguard_filter_common::{self as common, Metrics};
+use meshguard_mesh::http::GrpcKind;
 use meshguard_mesh::{http, metrics, MetricsConfig};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Trace);
+    common::init_logging(log::LevelFilter::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot::default()) });
 }}
 
@@ -81,9 +86,9 @@ impl RootContext for MetricsRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let settings = self.settings.clone()?;
+        // Always a context: the SDK panics on `None`. Unconfigured, it measures nothing.
         Some(Box::new(MetricsStream {
-            settings,
+            settings: self.settings.clone(),
             metrics: Rc::clone(&self.metrics),
             started_ns: None,
         }))
@@ -95,7 +100,7 @@ impl RootContext for MetricsRoot {
 }
 
 struct MetricsStream {
-    settings: Rc<Settings>,
+    settings: Option<Rc<Settings>>,
     metrics: Rc<RefCell<Metrics>>,
     started_ns: Option<u128>,
 }
@@ -104,19 +109,35 @@ impl Context for MetricsStream {}
 
 impl HttpContext for MetricsStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.started_ns = common::now_nanos();
+        if self.settings.is_some() {
+            self.started_ns = common::now_nanos();
+        }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        let s = &self.settings;
-        let peer = common::property(&common::PROP_PEER_URI_SAN);
-        let source = s.source_label(common::bool_property(&common::PROP_MTLS), peer.as_deref());
+        let Some(s) = &self.settings else {
+            return;
+        };
+        let peer = common::property(common::PROP_PEER_URI_SAN);
+        let source = s.source_label(common::bool_property(common::PROP_MTLS), peer.as_deref());
         let method = common::request_header(":method");
         let method = http::method_label(method.as_deref().unwrap_or_default());
-        let status = common::int_property(&common::PROP_RESPONSE_CODE)
+        let status = common::int_property(common::PROP_RESPONSE_CODE)
             .and_then(|c| u64::try_from(c).ok())
             .or_else(|| common::response_header(":status").and_then(|v| http::parse_status(&v)));
+        let grpc = common::request_header("content-type")
+            .is_some_and(|ct| http::grpc_kind(&ct) != GrpcKind::None);
+        let status = if grpc {
+            // Trailers-only responses (every local gRPC denial) carry it in the headers.
+            common::response_header("grpc-status")
+                .or_else(|| common::response_trailer("grpc-status"))
+                .and_then(|v| http::parse_grpc_status(&v))
+                .map(http::grpc_to_http_status)
+                .or(status)
+        } else {
+            status
+        };
         let class = status.map_or("none", http::code_class);
         let mut m = self.metrics.borrow_mut();
         m.count(metrics::requests_total(source, &s.workload, method, class));

@@ -24,6 +24,8 @@ fuzz_target!(|data: &[u8]| {
         peer_identity: id,
         method,
         path,
+        method_override_header: data.len() % 5 == 0,
+        ..RequestFacts::default()
     };
     if let Decision::Allow { source } = authorizer.decide(&facts) {
         assert_eq!(source, "user-service");
@@ -36,5 +38,10 @@ fuzz_target!(|data: &[u8]| {
         let p = normalized_path(path.unwrap_or_default()).unwrap_or("/not-normalized");
         assert!(path_has_prefix(p, "/orders"));
         assert!(!p.contains(".."));
+        assert!(!p.contains(';'), "path parameters are never admitted under a prefix");
+        assert!(!facts.method_override_header);
+        assert!(!meshguard_mesh::http::query_has_method_override(
+            path.unwrap_or_default()
+        ));
     }
 });

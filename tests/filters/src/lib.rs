@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meshguard_mesh::{LogLevel, Mesh, Mode};
+use meshguard_mesh::{LogLevel, Mesh, Mode, NodeFacts};
 use proxy_wasm_host::{Host, Properties, RequestSpec};
 
 /// The filters, by the name of their `.wasm` file.
@@ -120,11 +120,41 @@ pub fn metrics_config(service: &str) -> anyhow::Result<String> {
     Ok(mesh()?.metrics_config(service, LogLevel::Info)?.to_json())
 }
 
-/// A host running filter `name` with `config`, `on_configure` already called (its result is
-/// returned by [`Host::configure`] again if a test needs it).
+/// The `node` property Istio gives the sidecar of the pod a configuration was rendered for: its
+/// workload name, and the namespace and service account of its `identity` when it has one. A
+/// configuration that does not parse gets no node.
+pub fn node_for(config: &[u8]) -> Properties {
+    let facts = if let Ok(c) = meshguard_mesh::AuthzConfig::from_json(config) {
+        let id = c
+            .identity
+            .as_deref()
+            .and_then(|i| meshguard_mesh::SpiffeId::parse(i).ok());
+        Some(NodeFacts {
+            workload_name: Some(c.workload),
+            namespace: id.as_ref().map(|i| i.namespace().to_owned()),
+            service_account: id.as_ref().map(|i| i.service_account().to_owned()),
+        })
+    } else if let Ok(c) = meshguard_mesh::MetricsConfig::from_json(config) {
+        Some(NodeFacts {
+            workload_name: Some(c.workload),
+            ..NodeFacts::default()
+        })
+    } else {
+        None
+    };
+    match facts {
+        Some(f) => Properties::new().with(&["node"], f.to_node_proto()),
+        None => Properties::new(),
+    }
+}
+
+/// A host running filter `name` with `config` in the pod it was rendered for ([`node_for`]),
+/// `on_configure` already called (its result is returned by [`Host::configure`] again if a test
+/// needs it).
 pub fn host(name: &str, config: &str) -> anyhow::Result<Host> {
     Ok(Host::builder(module(name)?)
         .plugin_config(config)
+        .root_properties(node_for(config.as_bytes()))
         .build_configured()?)
 }
 
@@ -132,6 +162,7 @@ pub fn host(name: &str, config: &str) -> anyhow::Result<Host> {
 pub fn host_configure(name: &str, config: &[u8]) -> anyhow::Result<(Host, bool)> {
     let mut host = Host::builder(module(name)?)
         .plugin_config(config.to_vec())
+        .root_properties(node_for(config))
         .build()?;
     let ok = host.configure()?;
     Ok((host, ok))
@@ -181,7 +212,7 @@ impl Sidecar {
         let decided = self.authz.http_request(&request)?;
         let (status, deny_reason) = match &decided.local_response {
             Some(local) => (
-                local.status_code,
+                decided.status().unwrap_or(local.status_code),
                 local
                     .headers
                     .get_str("x-meshguard-deny-reason")
@@ -191,6 +222,13 @@ impl Sidecar {
         };
         let allowed = decided.local_response.is_none() && decided.forwarded_upstream;
         request.upstream_response = proxy_wasm_host::ResponseSpec::new(status);
+        // What the client got, as the metrics filter (later in the chain) sees it: a gRPC
+        // denial is HTTP 200 with `grpc-status`.
+        for name in ["grpc-status", "content-type"] {
+            if let Some(v) = decided.response_header(name) {
+                request.upstream_response = request.upstream_response.header(name, v);
+            }
+        }
         if allowed {
             request.upstream_response = request
                 .upstream_response

@@ -10,7 +10,7 @@ use crate::error::{HostCallTrap, HostError};
 use crate::hostcalls::{self, Defined};
 use crate::property::Properties;
 use crate::state::{HostState, StreamPhase, StreamState, VmPhase};
-use crate::types::{Action, Headers, LocalResponse, LogEntry, LogLevel};
+use crate::types::{Action, Headers, LocalResponse, LogEntry, LogLevel, Status};
 use crate::wasi;
 
 type HttpCallback = TypedFunc<(i32, i32, i32), i32>;
@@ -71,6 +71,7 @@ pub struct HostBuilder {
     fuel: bool,
     capture_logs: bool,
     echo_logs: bool,
+    refused: Vec<(String, Status)>,
 }
 
 impl HostBuilder {
@@ -88,6 +89,7 @@ impl HostBuilder {
             fuel: false,
             capture_logs: true,
             echo_logs: false,
+            refused: Vec::new(),
         }
     }
 
@@ -148,6 +150,14 @@ impl HostBuilder {
         self
     }
 
+    /// Makes the host function `name` (`proxy_send_local_response`, `proxy_define_metric`, …)
+    /// answer `status` instead of doing its work: a host that refuses, to test a filter's error
+    /// handling. Only the functions documented in the README honour it.
+    pub fn refuse(mut self, name: &str, status: Status) -> HostBuilder {
+        self.refused.push((name.to_owned(), status));
+        self
+    }
+
     /// Also print every guest log line to stderr (default false).
     pub fn echo_logs(mut self, echo: bool) -> HostBuilder {
         self.echo_logs = echo;
@@ -183,6 +193,7 @@ impl HostBuilder {
         state.realtime_ns = self.time_nanos;
         state.capture_logs = self.capture_logs;
         state.echo_logs = self.echo_logs;
+        state.refused = self.refused;
         let mut store = Store::new(&wasm_engine, state);
         if self.fuel {
             store

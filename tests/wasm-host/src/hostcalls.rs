@@ -701,6 +701,14 @@ fn get_header_map_size(c: &mut C<'_>, ty: i32, out_ptr: i32) -> Result<(), Fail>
 // ---------------------------------------------------------------------------
 // Stream control
 
+/// The status a test asked this host function to answer with (`HostBuilder::refuse`).
+fn refused(c: &C<'_>, name: &str) -> Result<(), Status> {
+    match c.data().refused.iter().find(|(n, _)| n == name) {
+        Some((_, status)) => Err(*status),
+        None => Ok(()),
+    }
+}
+
 fn send_local_response(
     c: &mut C<'_>,
     code: i32,
@@ -709,6 +717,7 @@ fn send_local_response(
     headers: (i32, i32),
     grpc_status: i32,
 ) -> Result<(), Fail> {
+    refused(c, "proxy_send_local_response")?;
     let details = read(c, details.0, details.1)?;
     let body = read(c, body.0, body.1)?;
     let headers = read(c, headers.0, headers.1)?;
@@ -788,6 +797,7 @@ fn define_metric(
     name_len: i32,
     id_ptr: i32,
 ) -> Result<(), Fail> {
+    refused(c, "proxy_define_metric")?;
     let name = read(c, name_ptr, name_len)?;
     let ty = MetricType::from_raw(ty as u32).ok_or(Status::BadArgument)?;
     let name = String::from_utf8_lossy(&name).into_owned();

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use wasmtime::{Memory, TypedFunc};
 
 use crate::property::Properties;
-use crate::types::{Headers, LocalResponse, LogEntry, LogLevel, MapType, MetricType};
+use crate::types::{Headers, LocalResponse, LogEntry, LogLevel, MapType, MetricType, Status};
 
 /// Where the host currently is, for the checks Envoy makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +182,8 @@ pub(crate) struct HostState {
     pub tick_period_ms: Option<u32>,
     pub unimplemented_calls: Vec<String>,
     pub rng_state: u64,
+    /// Host functions that answer a status instead of working (`HostBuilder::refuse`).
+    pub refused: Vec<(String, Status)>,
 }
 
 impl HostState {
@@ -218,6 +220,7 @@ impl HostState {
             tick_period_ms: None,
             unimplemented_calls: Vec::new(),
             rng_state: 0x9E37_79B9_7F4A_7C15,
+            refused: Vec::new(),
         }
     }
 
