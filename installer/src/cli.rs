@@ -19,7 +19,8 @@ authorization and export request metrics through two Proxy-Wasm filters.
 
 What `install` puts into the cluster, all in one namespace (default `meshguard`) except the \
 Namespace itself:
-  - the Namespace (Istio sidecar injection on, Pod Security `restricted`)
+  - the Namespace (Istio sidecar injection on; Pod Security `restricted`, or `privileged`
+    when Istio injects without its CNI plugin: preflight says how to get `restricted`)
   - one ServiceAccount per service (no API token mounted, no Role)
   - Istio PeerAuthentication: mTLS STRICT for the namespace
   - NetworkPolicies: default deny, plus only the calls of the call graph, DNS, istiod,

@@ -37,6 +37,26 @@ pub fn render_objects(
     Ok((opts, objects))
 }
 
+/// The render options and objects for these flags on the cluster `conn` talks to: without
+/// `--pod-security`, the namespace enforces the strictest Pod Security level the pods Istio
+/// injects there pass (`restricted` with Istio CNI, `privileged` without it; see
+/// `preflight::detect_istio_cni`), so what is installed is what will be admitted.
+pub async fn render_for_cluster(
+    conn: &Connection,
+    namespace: &str,
+    args: &RenderArgs,
+) -> Result<(RenderOptions, Vec<DynamicObject>), Error> {
+    let mut opts = args.to_options(namespace);
+    if args.pod_security.is_none() {
+        opts.pod_security = preflight::detect_istio_cni(&conn.client)
+            .await
+            .pod_security();
+    }
+    let mesh = Mesh::reference(namespace).map_err(meshguard_manifests::RenderError::from)?;
+    let objects = meshguard_manifests::render(&mesh, &opts)?;
+    Ok((opts, objects))
+}
+
 /// Runs one parsed command line.
 pub async fn run(
     cli: Cli,
@@ -52,13 +72,15 @@ pub async fn run(
             Ok(Finished::Success)
         }
         Command::Install(args) => {
-            let (opts, objects) = render_objects(&global.namespace, &args.render)?;
+            let (opts, _) = render_objects(&global.namespace, &args.render)?;
             // Refuse placeholder modules before touching (or even looking for) a cluster.
             let local = preflight::check_local(&opts);
             if !local.is_ok() {
                 return Err(Error::Preflight(Box::new(local)));
             }
             let conn = connect(&global).await?;
+            let (opts, objects) =
+                render_for_cluster(&conn, &global.namespace, &args.render).await?;
             let install = InstallOptions {
                 dry_run: args.dry_run == DryRun::Server,
                 skip_preflight: args.skip_preflight,
@@ -118,8 +140,10 @@ pub async fn run(
             })
         }
         Command::Preflight(args) => {
-            let (opts, objects) = render_objects(&global.namespace, &args.render)?;
+            render_objects(&global.namespace, &args.render)?;
             let conn = connect(&global).await?;
+            let (opts, objects) =
+                render_for_cluster(&conn, &global.namespace, &args.render).await?;
             let report = preflight::run(&conn, &objects, &opts).await?;
             writeln!(out, "{report}")?;
             out.flush()?;

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::ResourceExt;
-use meshguard_manifests::{kind_of, ownership_labels, required_crds, RenderOptions};
+use meshguard_manifests::{kind_of, ownership_labels, required_crds, PodSecurity, RenderOptions};
 use serde::Serialize;
 
 use crate::client::Connection;
@@ -50,6 +50,8 @@ pub enum Check {
     Scheduling,
     /// istiod runs.
     Istiod,
+    /// Istio's CNI plugin is installed, so the namespace can enforce Pod Security `restricted`.
+    IstioCni,
     /// The namespace is usable.
     Namespace,
     /// An object of the same name exists that meshctl did not create.
@@ -255,6 +257,7 @@ pub async fn run(
     }
     check_scheduling(client, objects, opts, &mut report).await;
     check_istiod(client, &mut report).await;
+    check_istio_cni(&detect_istio_cni(client).await, opts, &mut report);
     check_ownership(client, objects, &opts.namespace, &mut report).await;
     report.sort();
     Ok(report)
@@ -635,6 +638,183 @@ async fn check_istiod(client: &kube::Client, report: &mut PreflightReport) {
             format!("cannot look for istiod: {}", describe_kube_error(&e)),
             "grant the account `list` on deployments cluster-wide, or check Istio yourself"
                 .to_owned(),
+        ),
+    }
+}
+
+/// Label selecting Istio's sidecar injector ConfigMaps (`istio-sidecar-injector[-<revision>]`,
+/// istio `manifests/charts/istio-control/istio-discovery/templates/istiod-injector-configmap.yaml`).
+pub const INJECTOR_CONFIGMAP_SELECTOR: &str = "app.kubernetes.io/name=istiod";
+/// Name (or name prefix, with a revision) of the injector ConfigMaps.
+pub const INJECTOR_CONFIGMAP: &str = "istio-sidecar-injector";
+/// Label of Istio's CNI node agent DaemonSet (istio `manifests/charts/istio-cni`).
+pub const CNI_DAEMONSET_SELECTOR: &str = "k8s-app=istio-cni-node";
+
+/// What the cluster's Istio injects: with its CNI plugin or with the `istio-init` container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IstioCni {
+    /// Every injector configuration has `pilot.cni.enabled: true`.
+    Enabled {
+        /// `namespace/name` of the injector ConfigMaps.
+        injectors: Vec<String>,
+        /// Whether the CNI node agent's DaemonSet was found.
+        node_agent: bool,
+    },
+    /// Some injector renders `istio-init` (`pilot.cni.enabled` false or unset).
+    Disabled {
+        /// `namespace/name` of those injector ConfigMaps.
+        injectors: Vec<String>,
+    },
+    /// No injector configuration exists: Istio is not installed (nothing is injected).
+    NotFound,
+    /// The injector configuration could not be read.
+    Unknown(String),
+}
+
+impl IstioCni {
+    /// The level `install` renders: the strictest that admits the pods this Istio injects
+    /// (`restricted` when unknown: nothing is injected without Istio).
+    pub fn pod_security(&self) -> PodSecurity {
+        match self {
+            IstioCni::Enabled { .. } | IstioCni::NotFound | IstioCni::Unknown(_) => {
+                PodSecurity::for_istio(true)
+            }
+            IstioCni::Disabled { .. } => PodSecurity::for_istio(false),
+        }
+    }
+}
+
+/// Whether the injector's chart values (the `values` key of its ConfigMap, JSON) enable CNI:
+/// the injection template adds `istio-init` unless `.Values.pilot.cni.enabled`.
+pub fn injector_values_enable_cni(values: &str) -> Option<bool> {
+    let v: serde_json::Value = serde_json::from_str(values).ok()?;
+    Some(v.pointer("/pilot/cni/enabled")?.as_bool().unwrap_or(false))
+}
+
+/// Reads how the cluster's Istio injects sidecars, from the injector ConfigMaps istiod and
+/// `istioctl kube-inject` use.
+pub async fn detect_istio_cni(client: &kube::Client) -> IstioCni {
+    let api: Api<ConfigMap> = Api::all(client.clone());
+    let list = match api
+        .list(&ListParams::default().labels(INJECTOR_CONFIGMAP_SELECTOR))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return IstioCni::Unknown(describe_kube_error(&e)),
+    };
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for cm in list.items {
+        let name = cm.name_any();
+        if !name.starts_with(INJECTOR_CONFIGMAP) {
+            continue;
+        }
+        let id = format!("{}/{name}", cm.namespace().unwrap_or_default());
+        let values = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get("values"))
+            .map(String::as_str)
+            .unwrap_or_default();
+        match injector_values_enable_cni(values) {
+            Some(true) => on.push(id),
+            // No pilot.cni.enabled (or unreadable values): the template's condition is false.
+            _ => off.push(id),
+        }
+    }
+    if !off.is_empty() {
+        return IstioCni::Disabled { injectors: off };
+    }
+    if on.is_empty() {
+        return IstioCni::NotFound;
+    }
+    let daemon_sets: Api<DaemonSet> = Api::all(client.clone());
+    let node_agent = daemon_sets
+        .list(&ListParams::default().labels(CNI_DAEMONSET_SELECTOR))
+        .await
+        .is_ok_and(|l| !l.items.is_empty());
+    IstioCni::Enabled {
+        injectors: on,
+        node_agent,
+    }
+}
+
+/// How to get Istio's CNI plugin, which lets the namespace enforce `restricted`.
+pub const CNI_FIX: &str = "install Istio with its CNI plugin (`istioctl install --set \
+     components.cni.enabled=true`, or with Helm the `istio/cni` chart and istiod with \
+     `--set pilot.cni.enabled=true`; see docs/deploy-gke.md section 4), then run `meshctl \
+     install` again: the namespace then enforces Pod Security `restricted`";
+
+fn check_istio_cni(cni: &IstioCni, opts: &RenderOptions, report: &mut PreflightReport) {
+    let level = opts.pod_security;
+    match cni {
+        IstioCni::Enabled {
+            injectors,
+            node_agent,
+        } => {
+            report.passed.push(format!(
+                "Istio injects with its CNI plugin ({}); the namespace enforces Pod Security \
+                 `{level}`",
+                injectors.join(", ")
+            ));
+            if !node_agent {
+                report.warning(
+                    Check::IstioCni,
+                    "istio-cni",
+                    format!(
+                        "the injector expects Istio CNI but no CNI node agent runs \
+                         (no DaemonSet {CNI_DAEMONSET_SELECTOR}): injected pods will not get \
+                         their traffic redirected and fail their istio-validation init container"
+                    ),
+                    "install the istio-cni chart (`helm install istio-cni istio/cni -n \
+                     istio-system`) or `istioctl install --set components.cni.enabled=true`"
+                        .to_owned(),
+                );
+            }
+        }
+        IstioCni::Disabled { injectors } => {
+            let problem = format!(
+                "Istio injects without its CNI plugin ({}): the injected istio-init container \
+                 adds NET_ADMIN and NET_RAW and runs as root, which Pod Security `restricted` \
+                 and `baseline` refuse",
+                injectors.join(", ")
+            );
+            if level == PodSecurity::for_istio(false) {
+                report.warning(
+                    Check::IstioCni,
+                    "istio-cni",
+                    format!(
+                        "{problem}; the namespace therefore enforces `{level}` (it still warns \
+                         and audits at `restricted`)"
+                    ),
+                    CNI_FIX.to_owned(),
+                );
+            } else {
+                report.error(
+                    Check::IstioCni,
+                    "istio-cni",
+                    format!(
+                        "{problem}, and --pod-security {level} would refuse every injected pod"
+                    ),
+                    format!(
+                        "{CNI_FIX}; or leave out --pod-security, so the namespace enforces \
+                         `privileged`"
+                    ),
+                );
+            }
+        }
+        IstioCni::NotFound => report.passed.push(format!(
+            "no Istio injector configuration ({INJECTOR_CONFIGMAP} ConfigMap): nothing is \
+             injected yet; the namespace enforces `{level}` (if Istio is installed later without \
+             its CNI plugin, run `meshctl install` again)"
+        )),
+        IstioCni::Unknown(why) => report.warning(
+            Check::IstioCni,
+            "istio-cni",
+            format!(
+                "cannot tell whether Istio uses its CNI plugin ({why}); the namespace enforces \
+                 `{level}`, which refuses the pods if Istio injects istio-init"
+            ),
+            format!("if Istio is installed without CNI: {CNI_FIX}"),
         ),
     }
 }

@@ -30,12 +30,14 @@ async fn preflight_for(
     let Command::Preflight(p) = cli.command else {
         unreachable!("parsed `preflight`")
     };
-    let (opts, objects) = meshctl::commands::render_objects(&cli.global.namespace, &p.render)?;
     let conn = Connection::new(&ClusterTarget {
         kubeconfig: Some(cluster.kubeconfig_path().to_path_buf()),
         context: None,
     })
     .await?;
+    // As `meshctl preflight` renders: for the cluster it talks to.
+    let (opts, objects) =
+        meshctl::commands::render_for_cluster(&conn, &cli.global.namespace, &p.render).await?;
     Ok(preflight::run(&conn, &objects, &opts).await?)
 }
 
@@ -292,6 +294,96 @@ async fn gpu_scheduling_follows_the_profile() -> TestResult {
             .contains("have no allocatable nvidia.com/gpu (or too little) (gke-gpu-1)"),
         "{finding}"
     );
+    cluster.stop()?;
+    Ok(())
+}
+
+/// Istio's injector configuration as istiod's chart labels it, with `pilot.cni.enabled`.
+async fn injector_config(cluster: &TestCluster, cni: bool) -> TestResult {
+    let client = cluster.client().await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt("istio-system").await?.is_none() {
+        namespaces
+            .create(
+                &Default::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "istio-system"}
+                }))?,
+            )
+            .await?;
+    }
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "istio-sidecar-injector",
+            "namespace": "istio-system",
+            "labels": {"app.kubernetes.io/name": "istiod"},
+        },
+        "data": {"values": serde_json::json!({"pilot": {"cni": {"enabled": cni}}}).to_string()},
+    }))?;
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client, "istio-system")
+        .patch(
+            "istio-sidecar-injector",
+            &PatchParams::apply("istio-test").force(),
+            &Patch::Apply(&cm),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_istio_cni_the_namespace_enforces_privileged_and_the_fix_is_named() -> TestResult {
+    let cluster = TestCluster::start(TestClusterOptions::default()).await?;
+    cluster.install_crds(&[CrdSet::Istio, CrdSet::Keda]).await?;
+
+    // No Istio at all: nothing is injected, `restricted` stays (the istiod check warns).
+    let report = preflight_for(&cluster, &[]).await?;
+    assert!(
+        report.find(Check::IstioCni, "istio-cni").is_none(),
+        "{report}"
+    );
+    assert!(
+        report
+            .passed
+            .iter()
+            .any(|p| p.contains("no Istio injector configuration")),
+        "{report}"
+    );
+
+    injector_config(&cluster, false).await?;
+    let report = preflight_for(&cluster, &[]).await?;
+    let f = report
+        .find(Check::IstioCni, "istio-cni")
+        .ok_or("no CNI finding")?;
+    assert_eq!(f.severity, Severity::Warning, "{report}");
+    assert!(f.problem.contains("NET_ADMIN"), "{f}");
+    assert!(f.problem.contains("enforces `privileged`"), "{f}");
+    assert!(f.fix.contains("components.cni.enabled=true"), "{f}");
+    assert!(f.fix.contains("`restricted`"), "{f}");
+
+    // Asking for `restricted` anyway would refuse every injected pod: an error.
+    let report = preflight_for(&cluster, &["--pod-security", "restricted"]).await?;
+    assert_eq!(
+        severity(&report, Check::IstioCni, "istio-cni"),
+        Some(Severity::Error),
+        "{report}"
+    );
+
+    // With CNI: `restricted`, and only the missing node agent is worth a warning.
+    injector_config(&cluster, true).await?;
+    let report = preflight_for(&cluster, &[]).await?;
+    assert!(
+        report
+            .passed
+            .iter()
+            .any(|p| p.contains("enforces Pod Security `restricted`")),
+        "{report}"
+    );
+    let f = report
+        .find(Check::IstioCni, "istio-cni")
+        .ok_or("no node agent finding")?;
+    assert!(f.problem.contains("istio-cni-node"), "{f}");
     cluster.stop()?;
     Ok(())
 }

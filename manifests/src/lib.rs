@@ -54,8 +54,8 @@ pub use options::{
     DEFAULT_MONITORING_NAMESPACE, DEFAULT_PROMETHEUS_ADDRESS,
 };
 pub use workloads::{
-    image_version, GKE_ACCELERATOR_LABEL, GPU_RESOURCE, GPU_TAINT_KEY, LOCAL_GPU_LABEL,
-    POD_RUN_AS_USER, VERSION_KEY,
+    image_version, PodSecurity, UnknownPodSecurity, GKE_ACCELERATOR_LABEL, GPU_RESOURCE,
+    GPU_TAINT_KEY, LOCAL_GPU_LABEL, POD_RUN_AS_USER, VERSION_KEY,
 };
 
 /// Label key/value marking objects meshctl manages.

@@ -49,10 +49,17 @@ const WORKLOAD: &str = "workload";
 pub(crate) fn namespace(opts: &RenderOptions) -> Result<DynamicObject, RenderError> {
     let mut l = labels(&opts.namespace, SYSTEM_NAME, "namespace");
     l.insert("istio-injection".into(), "enabled".into());
-    for mode in ["enforce", "warn", "audit"] {
+    // `enforce` is what admits pods: `restricted` unless Istio without CNI needs less (see
+    // `PodSecurity::for_istio`). `warn` and `audit` stay `restricted`, so whatever that level
+    // would refuse is still reported.
+    for (mode, level) in [
+        ("enforce", opts.pod_security),
+        ("warn", PodSecurity::Restricted),
+        ("audit", PodSecurity::Restricted),
+    ] {
         l.insert(
             format!("pod-security.kubernetes.io/{mode}"),
-            "restricted".into(),
+            level.as_str().into(),
         );
         l.insert(
             format!("pod-security.kubernetes.io/{mode}-version"),
@@ -236,6 +243,71 @@ pub fn image_version(image: &str) -> String {
             tag.to_owned()
         }
         _ => "latest".to_owned(),
+    }
+}
+
+/// The Pod Security Standards level the namespace enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PodSecurity {
+    /// `restricted`: what meshctl wants; admits Istio's injected pods only with Istio CNI.
+    #[default]
+    Restricted,
+    /// `baseline`.
+    Baseline,
+    /// `privileged`: no restriction; the only level that admits Istio's `istio-init` container
+    /// (NET_ADMIN, NET_RAW, root), i.e. Istio without its CNI plugin.
+    Privileged,
+}
+
+impl PodSecurity {
+    /// Every level, strictest first.
+    pub const ALL: [PodSecurity; 3] = [
+        PodSecurity::Restricted,
+        PodSecurity::Baseline,
+        PodSecurity::Privileged,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurity::Restricted => "restricted",
+            PodSecurity::Baseline => "baseline",
+            PodSecurity::Privileged => "privileged",
+        }
+    }
+
+    /// The strictest level that admits the pods Istio's injector makes: `restricted` with Istio
+    /// CNI; without it the injected `istio-init` container adds NET_ADMIN and NET_RAW and runs as
+    /// root (istio `manifests/charts/istio-control/istio-discovery/files/injection-template.yaml`),
+    /// which `baseline` refuses too. `tests/istio/tests/pod_security.rs` checks both with Istio's
+    /// injector and the API server's PodSecurity admission.
+    pub fn for_istio(cni: bool) -> PodSecurity {
+        if cni {
+            PodSecurity::Restricted
+        } else {
+            PodSecurity::Privileged
+        }
+    }
+}
+
+impl std::fmt::Display for PodSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name is not a Pod Security level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown Pod Security level `{0}` (expected restricted, baseline or privileged)")]
+pub struct UnknownPodSecurity(pub String);
+
+impl std::str::FromStr for PodSecurity {
+    type Err = UnknownPodSecurity;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PodSecurity::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPodSecurity(s.to_owned()))
     }
 }
 

@@ -1077,3 +1077,22 @@ fn pods_carry_istios_canonical_revision_from_the_image_tag() {
     let labels = d.spec.unwrap().template.metadata.unwrap().labels.unwrap();
     assert_eq!(labels[VERSION_KEY], "2.0.1");
 }
+
+#[test]
+fn pod_security_enforce_follows_the_option_and_warn_and_audit_stay_restricted() {
+    use meshguard_manifests::PodSecurity;
+    assert_eq!(PodSecurity::for_istio(true), PodSecurity::Restricted);
+    assert_eq!(PodSecurity::for_istio(false), PodSecurity::Privileged);
+    assert_eq!(
+        "baseline".parse::<PodSecurity>().unwrap(),
+        PodSecurity::Baseline
+    );
+    assert!("root".parse::<PodSecurity>().is_err());
+    let mut opts = RenderOptions::new(NS);
+    opts.pod_security = PodSecurity::Privileged;
+    let objects = objects_with(&opts);
+    let labels = objects[0].metadata.labels.clone().unwrap();
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "privileged");
+    assert_eq!(labels["pod-security.kubernetes.io/warn"], "restricted");
+    assert_eq!(labels["pod-security.kubernetes.io/audit"], "restricted");
+}

@@ -85,9 +85,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_raw_env(args, &[])
+}
+
+/// Runs `meshguard-istio` with `args` and extra environment variables (Istio reads some of its
+/// settings, e.g. `ENABLE_NATIVE_SIDECARS`, from the environment).
+pub fn run_raw_env<I, S>(args: I, env: &[(&str, &str)]) -> Result<Output, ToolError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let path = tool()?;
     Command::new(&path)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .map_err(|source| ToolError::Spawn { path, source })
 }

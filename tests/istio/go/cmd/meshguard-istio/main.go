@@ -7,7 +7,11 @@
 //	    with the default injection templates (the istio-discovery chart, rendered by
 //	    operator/pkg/render as `istioctl install` does) on every Deployment in FILE, and prints
 //	    one injected Pod per Deployment as a YAML stream. --cni renders the chart with
-//	    values.pilot.cni.enabled=true (Istio CNI installed).
+//	    components.cni.enabled=true, which sets values.pilot.cni.enabled (Istio CNI installed).
+//
+//	meshguard-istio injector-configmap [--cni]
+//	    Prints the istio-sidecar-injector ConfigMap those charts render (what istiod and
+//	    `istioctl kube-inject` read the templates and values from), as YAML.
 //
 //	meshguard-istio sidecar-stats [--template PATH] FILE
 //	    For every Deployment in FILE: injects it as above, then does what the injected
@@ -49,6 +53,7 @@ import (
 	meshconfig "istio.io/api/mesh/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	sigyaml "sigs.k8s.io/yaml"
 
@@ -80,6 +85,8 @@ func main() {
 	switch os.Args[1] {
 	case "inject":
 		err = cmdInject(os.Args[2:])
+	case "injector-configmap":
+		err = cmdInjectorConfigMap(os.Args[2:])
 	case "sidecar-stats":
 		err = cmdSidecarStats(os.Args[2:])
 	case "validate":
@@ -96,7 +103,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | sidecar-stats [--template PATH] FILE | validate FILE | fetch [--insecure] URL SHA256 OUT")
+	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | validate FILE | fetch [--insecure] URL SHA256 OUT")
 	os.Exit(2)
 }
 
@@ -108,22 +115,63 @@ type injection struct {
 	mesh      *meshconfig.MeshConfig
 }
 
-// loadInjection renders Istio's charts (embedded in the istio module, istio.io/istio/manifests)
-// as `istioctl install --set profile=empty --set components.pilot.enabled=true` would, the same
-// way Istio's own injector tests do (pkg/kube/inject/webhook_test.go getInjectionSettings).
-func loadInjection(cni bool) (*injection, error) {
+// renderCharts renders Istio's charts (embedded in the istio module, istio.io/istio/manifests)
+// as `istioctl install --set profile=empty --set components.pilot.enabled=true` would.
+func renderCharts(cni bool) ([]*unstructured.Unstructured, error) {
 	flags := []string{
 		"profile=empty",
 		"components.pilot.enabled=true",
-		fmt.Sprintf("values.pilot.cni.enabled=%t", cni),
+		// istioctl's own switch; operator/pkg/render/manifest.go sets values.pilot.cni.enabled
+		// from it (a values.pilot.cni.enabled flag alone is overwritten).
+		fmt.Sprintf("components.cni.enabled=%t", cni),
 	}
 	sets, _, err := render.GenerateManifest(nil, flags, false, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("rendering Istio's charts: %w", err)
 	}
-	out := &injection{}
+	var out []*unstructured.Unstructured
 	for _, set := range sets {
 		for _, m := range set.Manifests {
+			out = append(out, m.Unstructured)
+		}
+	}
+	return out, nil
+}
+
+func cmdInjectorConfigMap(args []string) error {
+	fs := flag.NewFlagSet("injector-configmap", flag.ContinueOnError)
+	cni := fs.Bool("cni", false, "Istio CNI is installed (components.cni.enabled=true)")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		usage()
+	}
+	objs, err := renderCharts(*cni)
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		if o.GetKind() == "ConfigMap" && o.GetName() == "istio-sidecar-injector" {
+			b, err := sigyaml.Marshal(o.Object)
+			if err != nil {
+				return err
+			}
+			_, err = os.Stdout.Write(b)
+			return err
+		}
+	}
+	return errors.New("the rendered charts have no istio-sidecar-injector ConfigMap")
+}
+
+// loadInjection renders Istio's charts (embedded in the istio module, istio.io/istio/manifests)
+// as `istioctl install --set profile=empty --set components.pilot.enabled=true` would, the same
+// way Istio's own injector tests do (pkg/kube/inject/webhook_test.go getInjectionSettings).
+func loadInjection(cni bool) (*injection, error) {
+	objs, err := renderCharts(cni)
+	if err != nil {
+		return nil, err
+	}
+	out := &injection{}
+	{
+		for _, m := range objs {
 			if m.GetKind() != "ConfigMap" {
 				continue
 			}
@@ -230,7 +278,7 @@ func injectPod(inj *injection, d *appsv1.Deployment) (*corev1.Pod, error) {
 
 func cmdInject(args []string) error {
 	fs := flag.NewFlagSet("inject", flag.ContinueOnError)
-	cni := fs.Bool("cni", false, "Istio CNI is installed (values.pilot.cni.enabled=true)")
+	cni := fs.Bool("cni", false, "Istio CNI is installed (components.cni.enabled=true)")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
 		usage()
 	}
