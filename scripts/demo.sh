@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
 # The main job, shown working: builds the Proxy-Wasm filters, runs them on real requests in the
-# Proxy-Wasm host (allowed and denied callers, and the metrics they produce), then renders the
-# whole system with meshctl and installs it onto a Kubernetes API server.
+# Proxy-Wasm host (allowed and denied callers, and the metrics they produce), renders the whole
+# system with meshctl, starts the local cluster (the real Kubernetes scheduler and controllers,
+# metrics-server, Prometheus and KEDA, with kwok's simulated nodes), installs the system there,
+# drives one load pulse on order-service and prints a timeline of the autoscalers and node pools
+# until everything is back at rest, then uninstalls and stops the cluster.
 #
-#   scripts/demo.sh                          install onto a local API server started here
+#   scripts/demo.sh                          all of the above
+#   scripts/demo.sh --keep-cluster           ...but leave the cluster running, installed, for
+#                                            kubectl and meshctl (prints KUBECONFIG)
 #   scripts/demo.sh --kubeconfig FILE [meshctl install flags...]
 #                                            install onto that cluster instead (left installed)
 #
-# Installs what it needs (Debian packages, the pinned Rust toolchain and target, Go for the local
-# cluster's kube-apiserver and etcd) and says what it is doing.
+# Installs what it needs (Debian packages, the pinned Rust toolchain and target, Go for building
+# the local cluster's components) and says what it is doing.
 set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
 
 kubeconfig=""
-if [ "${1:-}" = "--kubeconfig" ]; then
+keep=false
+case "${1:-}" in
+--kubeconfig)
   kubeconfig="${2:?--kubeconfig needs a file}"
   shift 2
-fi
+  ;;
+--keep-cluster)
+  keep=true
+  shift
+  ;;
+esac
 demo_dir="$ROOT/target/demo"
 mkdir -p "$demo_dir"
 
@@ -43,8 +55,8 @@ step "meshctl render: every object of the system, as YAML"
 info "wrote $demo_dir/meshguard.yaml; objects by kind:"
 grep -E '^kind: ' "$demo_dir/meshguard.yaml" | sort | uniq -c | sed 's/^/    /' >&2
 
-# Filters are published as OCI images in a real install (docs/deploy-gke.md); the local API server
-# only stores the WasmPlugins, so any well-formed URL shows the flow.
+# Filters are published as OCI images in a real install (docs/deploy-gke.md);
+# the local cluster has no sidecars to fetch them, so any well-formed URL shows the flow.
 modules=(--authz-module "oci://registry.example.com/meshguard/authz:0.1.0"
   --metrics-module "oci://registry.example.com/meshguard/metrics:0.1.0")
 
@@ -55,40 +67,60 @@ if [ -n "$kubeconfig" ]; then
   exit 0
 fi
 
-step "Starting a local Kubernetes API server (kube-apiserver + etcd, built from source on first run)"
+step "Starting the local cluster (Kubernetes, kwok nodes, metrics-server, Prometheus, KEDA; built from source on first run)"
 eval "$(tests/kube/build-cluster-bins.sh)"
-cluster_kubeconfig="$demo_dir/kubeconfig"
-rm -f "$cluster_kubeconfig"
-"$ROOT/target/release/meshguard-devcluster" --kubeconfig "$cluster_kubeconfig" \
-  --simulate gpu-node,metrics-api --ignore-stdin </dev/null >"$demo_dir/devcluster.log" 2>&1 &
+info_file="$demo_dir/cluster.env"
+rm -f "$info_file"
+"$ROOT/target/release/meshguard-devcluster" --info "$info_file" --ignore-stdin \
+  </dev/null >"$demo_dir/devcluster.log" 2>&1 &
 cluster_pid=$!
 stop_cluster() {
   if kill -0 "$cluster_pid" 2>/dev/null; then
-    info "stopping the local API server (pid $cluster_pid)"
+    info "stopping the local cluster (pid $cluster_pid)"
     kill -TERM "$cluster_pid"
     wait "$cluster_pid" || true
   fi
 }
 trap stop_cluster EXIT
-for _ in $(seq 1 240); do
-  [ -s "$cluster_kubeconfig" ] && break
-  kill -0 "$cluster_pid" 2>/dev/null || die "the local API server did not start: $demo_dir/devcluster.log"
+for _ in $(seq 1 360); do
+  [ -s "$info_file" ] && break
+  kill -0 "$cluster_pid" 2>/dev/null || die "the local cluster did not start: $(tail -n 20 "$demo_dir/devcluster.log")"
   sleep 0.5
 done
-[ -s "$cluster_kubeconfig" ] || die "the local API server was not ready in 120 s: $demo_dir/devcluster.log"
-info "ready; kubeconfig $cluster_kubeconfig (it has no nodes running pods: objects are stored, not run)"
+[ -s "$info_file" ] || die "the local cluster was not ready in 180 s: $demo_dir/devcluster.log"
+cluster_kubeconfig="$(sed -n 's/^KUBECONFIG=//p' "$info_file")"
+prometheus_url="$(sed -n 's/^PROMETHEUS_URL=//p' "$info_file")"
+info "$(grep 'ready in' "$demo_dir/devcluster.log")"
+info "KUBECONFIG=$cluster_kubeconfig"
+info "Prometheus at $prometheus_url (scraping kwok's simulated kubelets)"
 
 kc=(--kubeconfig "$cluster_kubeconfig" --namespace meshguard)
+# --fast-scale-down shortens the autoscalers' calm-down from 5 minutes to 15 s, so the demo
+# shows a whole cycle in a few minutes; production installs keep the default.
+install_flags=("${modules[@]}" --prometheus-address "$prometheus_url" --fast-scale-down)
 step "meshctl install (preflight, then server-side apply of every object)"
-"$meshctl" install "${kc[@]}" "${modules[@]}"
+"$meshctl" install "${kc[@]}" "${install_flags[@]}" --wait --timeout 2m
 
-step "meshctl install again: nothing changes"
-"$meshctl" install "${kc[@]}" "${modules[@]}"
+step "meshctl status: where each service runs, and the autoscalers"
+"$meshctl" status "${kc[@]}" "${install_flags[@]}" | grep -E '^(KIND|Deployment|HorizontalPodAutoscaler|ScaledObject)|object\(s\)'
 
-step "meshctl status"
-"$meshctl" status "${kc[@]}" "${modules[@]}"
+step "One load pulse: 2 cores on order-service for 90 s, then none (timeline until every service is back)"
+"$ROOT/target/release/meshguard-devcluster" pulse --kubeconfig "$cluster_kubeconfig" --cpu 2 --for 90
 
-step "meshctl uninstall: removes exactly what install applied"
-"$meshctl" uninstall "${kc[@]}"
+step "meshctl status after the pulse"
+"$meshctl" status "${kc[@]}" "${install_flags[@]}" | grep -E '^(KIND|Deployment|HorizontalPodAutoscaler|ScaledObject)|object\(s\)'
 
-step "Done: the filters decided real requests and meshctl installed and removed the system"
+if [ "$keep" = true ]; then
+  trap - EXIT
+  step "The local cluster keeps running (pid $cluster_pid)"
+  info "export KUBECONFIG=$cluster_kubeconfig"
+  info "target/release/meshctl status --prometheus-address $prometheus_url ${modules[*]} --fast-scale-down"
+  info "target/release/meshguard-devcluster load --kubeconfig \$KUBECONFIG order-service 3"
+  info "stop it with: kill $cluster_pid"
+  exit 0
+fi
+
+step "meshctl uninstall: removes what install applied and what the controllers made of it"
+"$meshctl" uninstall "${kc[@]}" --wait --timeout 2m
+
+step "Done: the filters decided real requests; the scheduler placed payment-service on the GPU pool; the HPA and KEDA scaled out under load and back in"

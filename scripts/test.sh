@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this script). It installs what it needs:
 # Debian packages, the pinned Rust toolchain and wasm32-wasip1 target, cargo-fuzz, the pinned Go
-# toolchain, and the test cluster's kube-apiserver, etcd and CRDs (built from Go module source,
-# cached under ~/.cache/meshguard).
+# toolchain, and the local cluster's components and CRDs (built from Go module source, cached
+# under ~/.cache/meshguard).
 #
 #   scripts/test.sh              everything
 #   FUZZ_SECONDS=60 scripts/test.sh   a longer fuzz run per target (default 20)
@@ -18,7 +18,7 @@ ensure_rust
 ensure_cargo_fuzz
 ensure_go
 
-step "Test cluster binaries and CRDs (first run builds kube-apiserver and etcd: ~5 min)"
+step "Local cluster binaries and CRDs (first run builds Kubernetes, etcd, kwok, metrics-server, Prometheus and KEDA from Go modules: ~35 min)"
 eval "$(tests/kube/build-cluster-bins.sh)"
 
 step "Istio's own code for the Istio checks (first run builds meshguard-istio from istio.io/istio: ~10 min)"
@@ -43,7 +43,7 @@ for f in meshguard_authz meshguard_metrics; do
 done
 export MESHGUARD_FILTERS_DIR="$FILTERS_DIR"
 
-step "Tests: mesh model, filters in the Proxy-Wasm host, manifests, meshctl against a real API server"
+step "Tests: mesh model, filters in the Proxy-Wasm host, manifests, meshctl against a real API server and on the local cluster (scheduler, controllers, KEDA)"
 cargo test --workspace --locked
 
 step "The same scenarios in a second Proxy-Wasm host (crates.io proxy-wasm-host 0.2.0, Rust 1.96)"

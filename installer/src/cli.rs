@@ -331,15 +331,16 @@ pub struct RenderArgs {
     #[arg(long, value_enum, default_value = "local")]
     pub profile: ProfileArg,
 
-    /// Image of user-service [default: the seed's us-west1-docker.pkg.dev/.../user-service:latest].
+    /// Image of user-service [default: us-west1-docker.pkg.dev/.../user-service:latest, an
+    /// example image from the original write-up, in a private registry: pass your own].
     #[arg(long, value_name = "IMAGE")]
     pub user_image: Option<String>,
 
-    /// Image of order-service [default: the seed's .../order-service:latest].
+    /// Image of order-service [default: the write-up's example, .../order-service:latest].
     #[arg(long, value_name = "IMAGE")]
     pub order_image: Option<String>,
 
-    /// Image of payment-service [default: the seed's .../payment-service:latest].
+    /// Image of payment-service [default: the write-up's example, .../payment-service:latest].
     #[arg(long, value_name = "IMAGE")]
     pub payment_image: Option<String>,
 
