@@ -128,7 +128,33 @@ pub enum Command {
     /// and report every problem with its fix. Changes nothing.
     #[command(long_about = PREFLIGHT_ABOUT, after_help = PREFLIGHT_EXAMPLES)]
     Preflight(PreflightArgs),
+    /// Package the built filters as OCI images Istio accepts, push them to a registry, and print
+    /// the `install` flags (module URLs and the sha256 Istio checks).
+    #[command(long_about = PUBLISH_ABOUT, after_help = PUBLISH_EXAMPLES)]
+    Publish(PublishArgs),
 }
+
+const PUBLISH_ABOUT: &str = "\
+Packages meshguard_authz.wasm and meshguard_metrics.wasm (from --filters-dir) as OCI images in \
+the layout Istio's agent fetches (an OCI image manifest whose one layer, \
+application/vnd.oci.image.layer.v1.tar+gzip, is a tar.gz holding plugin.wasm: what a `FROM \
+scratch` image with `COPY plugin.wasm ./` has), pushes them to REPOSITORY/meshguard-authz:TAG \
+and REPOSITORY/meshguard-metrics:TAG, and prints each oci:// URL with its sha256.
+
+The sha256 is the image manifest's digest: for oci:// modules that is what Istio compares with \
+the WasmPlugin's sha256 (not the digest of the .wasm file). The images are reproducible: the \
+same .wasm gives the same digest.
+
+Credentials come from the docker config ($DOCKER_CONFIG/config.json, else \
+~/.docker/config.json) as docker uses them: credHelpers, auths, credsStore (e.g. after \
+`gcloud auth configure-docker REGION-docker.pkg.dev` or `docker login`). Output goes to stdout; \
+its last line is the flags to pass to `meshctl install`.";
+
+const PUBLISH_EXAMPLES: &str = "\
+Examples:
+  cargo build --profile wasm --target wasm32-wasip1 -p meshguard-authz -p meshguard-metrics
+  meshctl publish --repository europe-west4-docker.pkg.dev/my-project/meshguard --tag 0.1.0
+  meshctl publish --repository localhost:5000/meshguard --plain-http";
 
 const INSTALL_ABOUT: &str = "\
 Creates or updates every meshguard object in the cluster, in dependency order: the namespace \
@@ -581,6 +607,28 @@ pub struct StatusArgs {
 
     #[command(flatten)]
     pub render: RenderArgs,
+}
+
+/// `meshctl publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Registry and path to push to: REGISTRY/PATH (the modules become
+    /// REGISTRY/PATH/meshguard-authz:TAG and REGISTRY/PATH/meshguard-metrics:TAG).
+    #[arg(long, value_name = "REGISTRY/PATH")]
+    pub repository: String,
+
+    /// Tag of both images.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    pub tag: String,
+
+    /// Folder holding meshguard_authz.wasm and meshguard_metrics.wasm, as `cargo build
+    /// --profile wasm --target wasm32-wasip1` leaves them.
+    #[arg(long, value_name = "DIR", default_value = "target/wasm32-wasip1/wasm")]
+    pub filters_dir: PathBuf,
+
+    /// Talk to the registry over plain HTTP (a registry on localhost); HTTPS otherwise.
+    #[arg(long)]
+    pub plain_http: bool,
 }
 
 /// `meshctl render`.

@@ -139,6 +139,30 @@ pub async fn run(
                 Finished::Problems
             })
         }
+        Command::Publish(args) => {
+            let published = crate::publish::publish(&crate::publish::PublishOptions {
+                repository: args.repository.clone(),
+                tag: args.tag.clone(),
+                filters_dir: args.filters_dir.clone(),
+                plain_http: args.plain_http,
+                docker_config: None,
+            })
+            .await?;
+            for p in &published {
+                writeln!(
+                    out,
+                    "{:<18} {} ({} bytes of .wasm)\n{:<18} sha256 {}",
+                    p.name, p.url, p.wasm_bytes, "", p.sha256
+                )?;
+            }
+            writeln!(
+                out,
+                "\nmeshctl install {}",
+                crate::publish::install_flags(&published)
+            )?;
+            out.flush()?;
+            Ok(Finished::Success)
+        }
         Command::Preflight(args) => {
             render_objects(&global.namespace, &args.render)?;
             let conn = connect(&global).await?;

@@ -38,6 +38,10 @@ pub enum Error {
         hint: String,
     },
 
+    /// `meshctl publish` failed.
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
+
     /// Preflight found errors (the report lists them with their fixes).
     #[error("{}", preflight_message(.0))]
     Preflight(Box<PreflightReport>),

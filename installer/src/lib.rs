@@ -19,6 +19,7 @@ pub mod commands;
 pub mod error;
 pub mod preflight;
 pub mod progress;
+pub mod publish;
 pub mod resources;
 pub mod scheduling;
 pub mod status;

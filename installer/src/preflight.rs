@@ -204,15 +204,14 @@ pub fn check_local(opts: &RenderOptions) -> PreflightReport {
                      {consequence}"
                 ),
                 format!(
-                    "publish the filter and pass its URL: build it (`cargo build --profile wasm \
-                     --target wasm32-wasip1 -p {package}`), push \
-                     target/wasm32-wasip1/wasm/{file} to a registry the sidecars can reach as \
-                     an OCI image (a `FROM scratch` image with the file as /plugin.wasm), then \
-                     `meshctl install {flag} oci://REGISTRY/meshguard/{}:TAG`; or serve it over \
-                     https and pass {flag} https://... with {flag}-sha256. See \
-                     docs/meshctl.md, \"Publishing the filters\", and docs/deploy-gke.md \
-                     section 7",
-                    package.trim_start_matches("meshguard-")
+                    "publish the filters and pass their URLs: build them (`cargo build --profile \
+                     wasm --target wasm32-wasip1 -p meshguard-authz -p meshguard-metrics`), then \
+                     `meshctl publish --repository REGISTRY/PATH`, which pushes \
+                     target/wasm32-wasip1/wasm/{file} as {package} and prints the \
+                     `meshctl install {flag} oci://REGISTRY/PATH/{package}:TAG {flag}-sha256 \
+                     …` flags; or serve it over https and pass {flag} https://... with \
+                     {flag}-sha256. See docs/meshctl.md, \"Publishing the filters\", and \
+                     docs/deploy-gke.md section 7"
                 ),
             );
         } else {

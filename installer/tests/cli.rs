@@ -150,6 +150,7 @@ async fn help_explains_every_command_and_flag() -> TestResult {
         "status",
         "render",
         "preflight",
+        "publish",
         "app.kubernetes.io/managed-by=meshctl",
         "--namespace",
         "--kubeconfig",
@@ -171,7 +172,7 @@ async fn help_explains_every_command_and_flag() -> TestResult {
         "--profile",
         "--no-gpu",
     ];
-    let cases: [(&str, Vec<&str>); 5] = [
+    let cases: [(&str, Vec<&str>); 6] = [
         (
             "install",
             [
@@ -208,6 +209,19 @@ async fn help_explains_every_command_and_flag() -> TestResult {
         (
             "preflight",
             [&render_flags[..], &["nvidia.com/gpu", "Examples:"]].concat(),
+        ),
+        (
+            "publish",
+            vec![
+                "--repository",
+                "--tag",
+                "--filters-dir",
+                "--plain-http",
+                "plugin.wasm",
+                "manifest's digest",
+                "docker config",
+                "Examples:",
+            ],
         ),
     ];
     for (command, words) in cases {

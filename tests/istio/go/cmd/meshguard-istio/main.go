@@ -28,7 +28,7 @@
 //	meshguard-istio validate FILE
 //	    `istioctl validate -f FILE` (istioctl/pkg/validate).
 //
-//	meshguard-istio fetch [--insecure] URL SHA256 OUT
+//	meshguard-istio fetch [--insecure] [--pull-secret DOCKERCONFIG] URL SHA256 OUT
 //	    Fetches a Wasm module as Istio's agent does (pkg/wasm LocalFileCache.Get with the
 //	    WasmPlugin's sha256) and copies the module it returns to OUT.
 package main
@@ -103,7 +103,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | validate FILE | fetch [--insecure] URL SHA256 OUT")
+	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | validate FILE | fetch [--insecure] [--pull-secret FILE] URL SHA256 OUT")
 	os.Exit(2)
 }
 
@@ -511,6 +511,7 @@ func cmdValidate(args []string) error {
 func cmdFetch(args []string) error {
 	fs := flag.NewFlagSet("fetch", flag.ContinueOnError)
 	insecure := fs.Bool("insecure", false, "the registry serves plain HTTP (the agent's WASM_INSECURE_REGISTRIES)")
+	pullSecret := fs.String("pull-secret", "", "a docker config JSON file: the WasmPlugin's imagePullSecret as the agent gets it")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 3 {
 		usage()
 	}
@@ -530,14 +531,22 @@ func cmdFetch(args []string) error {
 	if *insecure {
 		opts.InsecureRegistries.Insert("*")
 	}
-	cache := wasm.NewLocalFileCache(dir, opts)
-	defer cache.Cleanup()
-	path, err := cache.Get(url, wasm.GetOptions{
+	get := wasm.GetOptions{
 		Checksum:       sha,
 		ResourceName:   "meshguard",
 		RequestTimeout: 30 * time.Second,
 		PullPolicy:     wasm.IfNotPresent,
-	})
+	}
+	if *pullSecret != "" {
+		secret, err := os.ReadFile(*pullSecret)
+		if err != nil {
+			return err
+		}
+		get.PullSecret = secret
+	}
+	cache := wasm.NewLocalFileCache(dir, opts)
+	defer cache.Cleanup()
+	path, err := cache.Get(url, get)
 	if err != nil {
 		return err
 	}

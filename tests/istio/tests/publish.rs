@@ -1,0 +1,224 @@
+//! `meshctl publish` against a real registry, and the modules pulled back with Istio's own Wasm
+//! fetch code.
+//!
+//! The registry is the CNCF distribution registry (`meshguard-registry`, built from
+//! github.com/distribution/distribution/v3 by tests/istio/build.sh) on loopback, with htpasswd
+//! basic authentication; meshctl takes the credentials from a docker config file. The fetch is
+//! Istio's agent code (`pkg/wasm` `LocalFileCache.Get`, `meshguard-istio fetch`) with the
+//! printed `sha256` as the WasmPlugin's and the docker config as its pull secret: it must return
+//! the very bytes of each `.wasm`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine as _;
+use clap::Parser as _;
+use meshctl::publish::{install_flags, publish, PublishError, PublishOptions, FILTERS};
+use meshguard_istio_tests::{registry_binary, run_raw};
+
+const USER: &str = "meshguard";
+const PASSWORD: &str = "publish-test-secret";
+
+/// A registry process, stopped (by pid) when dropped.
+struct Registry {
+    child: Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(root: &Path, realm: Option<&str>) -> Registry {
+        let bin = registry_binary().unwrap_or_else(|e| panic!("{e}"));
+        let mut cmd = Command::new(bin);
+        if let Some(r) = realm {
+            cmd.arg("--realm").arg(r);
+        }
+        let mut child = cmd
+            .arg("--root")
+            .arg(root)
+            .arg("--user")
+            .arg(format!("{USER}:{PASSWORD}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // Its first line says where it listens: it is serving from then on.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!("registry did not start: {line:?}");
+        };
+        Registry {
+            addr: addr.to_owned(),
+            child,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("meshguard-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn docker_config(dir: &Path, registry: &str, password: &str) -> PathBuf {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+    let path = dir.join(format!("config-{password}.json"));
+    std::fs::write(
+        &path,
+        serde_json::json!({"auths": {registry: {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    path
+}
+
+/// Istio's fetch of `url` with `sha256`: the module's bytes, or what Istio said.
+fn istio_fetch(
+    url: &str,
+    sha256: &str,
+    pull_secret: Option<&Path>,
+    out: &Path,
+) -> Result<Vec<u8>, String> {
+    let mut args = vec!["fetch".to_owned(), "--insecure".to_owned()];
+    if let Some(s) = pull_secret {
+        args.push("--pull-secret".into());
+        args.push(s.display().to_string());
+    }
+    args.extend([url.to_owned(), sha256.to_owned(), out.display().to_string()]);
+    let o = run_raw(&args).unwrap_or_else(|e| panic!("{e}"));
+    if o.status.success() {
+        Ok(std::fs::read(out).unwrap())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+#[tokio::test]
+async fn published_modules_are_what_istios_agent_fetches_with_the_printed_sha256() {
+    let filters = meshguard_filter_tests::filters_dir().unwrap_or_else(|e| panic!("{e}"));
+    let tmp = TempDir::new("publish");
+    let root = tmp.0.join("registry");
+    std::fs::create_dir_all(&root).unwrap();
+    let registry = Registry::start(&root, None);
+    let config = docker_config(&tmp.0, &registry.addr, PASSWORD);
+    let opts = PublishOptions {
+        repository: format!("{}/meshguard", registry.addr),
+        tag: "0.1.0".into(),
+        filters_dir: filters.to_path_buf(),
+        plain_http: true,
+        docker_config: Some(config.clone()),
+    };
+
+    // Without credentials the registry refuses, and meshctl says where they come from.
+    let none = PublishOptions {
+        docker_config: Some(tmp.0.join("absent.json")),
+        ..opts.clone()
+    };
+    let err = publish(&none).await.unwrap_err();
+    assert!(
+        matches!(err, PublishError::Status { status: 401, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("docker login"), "{err}");
+
+    let published = publish(&opts).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(published.len(), FILTERS.len());
+    for (p, (name, file, _)) in published.iter().zip(FILTERS) {
+        assert_eq!(p.name, name);
+        assert_eq!(
+            p.url,
+            format!("oci://{}/meshguard/{name}:0.1.0", registry.addr)
+        );
+        let wasm = std::fs::read(filters.join(file)).unwrap();
+        let out = tmp.0.join(format!("{name}.fetched.wasm"));
+        let fetched = istio_fetch(&p.url, &p.sha256, Some(&config), &out)
+            .unwrap_or_else(|e| panic!("Istio could not fetch {}: {e}", p.url));
+        assert!(fetched == wasm, "{name}: Istio returned other bytes");
+
+        // The sha256 is the one Istio compares: another one is refused.
+        let wrong = "0".repeat(64);
+        let err = istio_fetch(&p.url, &wrong, Some(&config), &out).unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
+        // And the registry is really private: without the pull secret Istio gets nothing.
+        let err = istio_fetch(&p.url, &p.sha256, None, &out).unwrap_err();
+        assert!(err.contains("UNAUTHORIZED") || err.contains("401"), "{err}");
+    }
+
+    // Publishing again gives the same digests (the images are reproducible).
+    let again = publish(&opts).await.unwrap();
+    assert_eq!(again, published);
+
+    // The printed flags are what `meshctl install` takes.
+    let line = format!("meshctl install {}", install_flags(&published));
+    let cli = meshctl::cli::Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{e}"));
+    let meshctl::cli::Command::Install(args) = cli.command else {
+        panic!("not install")
+    };
+    let o = args.render.to_options("meshguard");
+    assert_eq!(o.authz_module_url, published[0].url);
+    assert_eq!(
+        o.authz_module_sha256.as_deref(),
+        Some(published[0].sha256.as_str())
+    );
+    assert_eq!(
+        o.metrics_module_sha256.as_deref(),
+        Some(published[1].sha256.as_str())
+    );
+}
+
+#[tokio::test]
+async fn istio_refuses_a_registry_whose_basic_realm_is_not_a_public_url() {
+    // What the docs warn about: Istio's agent checks every 401's realm (SSRF protection in
+    // pkg/wasm/imagefetcher.go) and refuses a registry that names none, with or without
+    // credentials. meshctl itself can push there.
+    let filters = meshguard_filter_tests::filters_dir().unwrap_or_else(|e| panic!("{e}"));
+    let tmp = TempDir::new("publish-realm");
+    let root = tmp.0.join("registry");
+    std::fs::create_dir_all(&root).unwrap();
+    let registry = Registry::start(&root, Some("meshguard-test"));
+    let config = docker_config(&tmp.0, &registry.addr, PASSWORD);
+    let published = publish(&PublishOptions {
+        repository: format!("{}/meshguard", registry.addr),
+        tag: "0.1.0".into(),
+        filters_dir: filters.to_path_buf(),
+        plain_http: true,
+        docker_config: Some(config.clone()),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let err = istio_fetch(
+        &published[0].url,
+        &published[0].sha256,
+        Some(&config),
+        &tmp.0.join("out.wasm"),
+    )
+    .unwrap_err();
+    assert!(err.contains("rejected unsafe bearer realm"), "{err}");
+}
