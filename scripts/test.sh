@@ -21,7 +21,7 @@ ensure_go
 step "Local cluster binaries and CRDs (first run builds Kubernetes, etcd, kwok, metrics-server, Prometheus and KEDA from Go modules: ~35 min)"
 eval "$(tests/kube/build-cluster-bins.sh)"
 
-step "Istio's own code for the Istio checks (first run builds meshguard-istio from istio.io/istio: ~10 min)"
+step "Istio's own code and the distribution registry for the Istio checks (first run builds them from Go modules: ~13 min)"
 eval "$(tests/istio/build.sh)"
 
 step "Formatting (cargo fmt --check)"

@@ -233,6 +233,14 @@ fn every_stat_the_filters_define_reaches_prometheus_as_a_documented_series() {
             "no series from source {s}"
         );
     }
+    // A filter past its series budget counts in overflow series (every label `overflow`): they
+    // are series it can emit too.
+    let overflow: BTreeSet<(MetricType, String)> = stats
+        .iter()
+        .map(|(k, n)| (*k, meshguard_mesh::metrics::overflow_series(n)))
+        .collect();
+    assert!(overflow.iter().all(|(_, n)| n.contains("=overflow")));
+    let stats: BTreeSet<(MetricType, String)> = stats.union(&overflow).cloned().collect();
     let sidecars = istio_sidecar_stats("series", &default_yaml("meshguard"));
     assert_eq!(
         sidecars
