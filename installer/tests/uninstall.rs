@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use common::{
     changed, install, live, meshctl_on, ready_cluster, rendered, resource_versions, TestResult,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::ResourceExt;
 use meshguard_manifests::ownership_labels;
@@ -30,6 +30,29 @@ async fn create_config_map(
             },
             data: Some([("owner".to_owned(), "someone else".to_owned())].into()),
             ..ConfigMap::default()
+        },
+    )
+    .await
+}
+
+/// A Secret: a kind meshctl does not render.
+async fn create_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<Secret, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    api.create(
+        &PostParams::default(),
+        &Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            string_data: Some([("owner".to_owned(), "an older meshctl".to_owned())].into()),
+            ..Secret::default()
         },
     )
     .await
@@ -64,8 +87,8 @@ async fn uninstall_removes_exactly_what_meshctl_installed() -> TestResult {
     create_namespace(&client, "other").await?;
     let theirs = create_config_map(&client, "other", "theirs", BTreeMap::new()).await?;
     let default_cm = create_config_map(&client, "default", "settings", BTreeMap::new()).await?;
-    // An object of ours that this version no longer renders (an older meshctl's).
-    create_config_map(
+    // An object of ours of a kind this version does not render (an older meshctl's).
+    create_secret(
         &client,
         "meshguard",
         "meshguard-legacy-settings",
@@ -76,9 +99,9 @@ async fn uninstall_removes_exactly_what_meshctl_installed() -> TestResult {
 
     let run = meshctl_on(&cluster, "uninstall", &[]).await;
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    let total = ours.len() + 1; // + the legacy ConfigMap
+    let total = ours.len() + 1; // + the legacy Secret
     for line in [
-        format!("[1/{total}] deleted ConfigMap meshguard/meshguard-legacy-settings"),
+        format!("[1/{total}] deleted Secret meshguard/meshguard-legacy-settings"),
         format!("[2/{total}] deleted ScaledObject meshguard/user-service"),
         format!("[{total}/{total}] deleted Namespace meshguard"),
     ] {
@@ -98,7 +121,7 @@ async fn uninstall_removes_exactly_what_meshctl_installed() -> TestResult {
             assert!(object.is_none(), "{key} survived uninstall");
         }
     }
-    let legacy = Api::<ConfigMap>::namespaced(client.clone(), "meshguard")
+    let legacy = Api::<Secret>::namespaced(client.clone(), "meshguard")
         .get_opt("meshguard-legacy-settings")
         .await?;
     assert!(
