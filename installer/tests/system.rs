@@ -144,8 +144,9 @@ async fn payment_service_runs_only_on_gpu_nodes_and_uninstall_removes_what_contr
     let cluster = LocalCluster::start(LocalClusterOptions::default()).await?;
     let client = cluster.client().await?;
     let started = Instant::now();
-    install_on(&cluster, &[]).await?;
-    all_running(&client, Duration::from_secs(120)).await?;
+    // --wait returns once every Deployment has rolled out, which the controllers now do.
+    install_on(&cluster, &["--wait", "--timeout", "2m"]).await?;
+    all_running(&client, Duration::from_secs(10)).await?;
     eprintln!(
         "install to every pod Running: {:.1}s",
         started.elapsed().as_secs_f64()

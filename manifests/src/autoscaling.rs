@@ -14,13 +14,13 @@ use serde_json::{json, Value};
 use crate::object::{custom, meta, typed};
 use crate::{labels, RenderError, RenderOptions};
 
-/// order-service's HPA: replicas and target from the seed.
+/// order-service's HPA: replicas and target from the original write-up.
 pub const ORDER_MIN_REPLICAS: i32 = 1;
 /// See [`ORDER_MIN_REPLICAS`].
 pub const ORDER_MAX_REPLICAS: i32 = 10;
 /// Average CPU utilization (% of requests) the HPA holds order-service at.
 pub const ORDER_CPU_UTILIZATION: i32 = 75;
-/// user-service's replica range under KEDA, from the seed.
+/// user-service's replica range under KEDA, from the original write-up.
 pub const USER_MIN_REPLICAS: i32 = 1;
 /// See [`USER_MIN_REPLICAS`].
 pub const USER_MAX_REPLICAS: i32 = 4;
@@ -128,7 +128,7 @@ pub(crate) fn order_service_hpa(
 
 /// PromQL for order-service's CPU usage in cores: the per-second rate of the cAdvisor counter
 /// over its containers (not the pod's sandbox, not the pod-level aggregate without a container
-/// label). The seed summed the counter itself, which only grows.
+/// label). The original write-up summed the counter itself, which only grows.
 pub fn order_cpu_query(namespace: &str) -> String {
     format!(
         "sum(rate(container_cpu_usage_seconds_total{{namespace=\"{namespace}\",pod=~\"{ORDER_SERVICE}-.*\",container!=\"\",container!=\"POD\"}}[1m]))"

@@ -21,7 +21,7 @@ pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
 /// `ceil(order-service cores / threshold)` user-service replicas. order-service requests 250m CPU
 /// per pod and its HPA holds pods at 75 % of that, so its full range of 1..10 replicas spans about
 /// 0.19..1.9 cores; 0.5 spreads that range over user-service's 1..4 replicas
-/// (10 × 0.25 × 0.75 / 4 ≈ 0.47). The seed's `'1000'` against a summed counter meant nothing.
+/// (10 × 0.25 × 0.75 / 4 ≈ 0.47). The original write-up's `'1000'` against a summed counter meant nothing.
 pub const DEFAULT_KEDA_CPU_THRESHOLD: &str = "0.5";
 /// KEDA activation threshold for order-service's CPU, in cores. It only decides between 0 and 1
 /// replicas, which matters only if `minReplicaCount` is ever lowered to 0: 0.1 cores is "order-service
@@ -31,7 +31,7 @@ pub const DEFAULT_KEDA_CPU_ACTIVATION_THRESHOLD: &str = "0.1";
 /// Where the cluster runs: decides the GPU node labels and taints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {
-    /// Nodes labelled `gpu=true` (the seed's labels) and tainted `nvidia.com/gpu=present:NoSchedule`.
+    /// Nodes labelled `gpu=true` (the original write-up's labels) and tainted `nvidia.com/gpu=present:NoSchedule`.
     #[default]
     Local,
     /// GKE GPU node pools: `cloud.google.com/gke-accelerator` label, `nvidia.com/gpu=present:NoSchedule` taint.
@@ -167,7 +167,7 @@ impl RenderOptions {
         }
     }
 
-    /// The image of a service: the seed's three by name, `None` for any other.
+    /// The image of a service: the three of the original write-up by name, `None` for any other.
     pub fn image_for(&self, service: &str) -> Option<&str> {
         match service {
             meshguard_mesh::model::USER_SERVICE => Some(&self.user_image),

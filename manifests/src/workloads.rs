@@ -30,7 +30,7 @@ use crate::{labels, Profile, RenderError, RenderOptions, NAME_KEY, SYSTEM_NAME};
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Taint key of GPU nodes (`nvidia.com/gpu=present:NoSchedule` on GKE GPU node pools).
 pub const GPU_TAINT_KEY: &str = "nvidia.com/gpu";
-/// Node label of GPU nodes in the [`Profile::Local`] profile (the seed's `--node-labels=gpu=true`).
+/// Node label of GPU nodes in the [`Profile::Local`] profile (the original write-up's `--node-labels=gpu=true`).
 pub const LOCAL_GPU_LABEL: (&str, &str) = ("gpu", "true");
 /// Node label GKE puts on every node of a GPU node pool (its value is the accelerator type).
 pub const GKE_ACCELERATOR_LABEL: &str = "cloud.google.com/gke-accelerator";

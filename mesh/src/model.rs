@@ -8,7 +8,7 @@ use crate::config::{AllowEntry, AuthzConfig, LogLevel, MetricsConfig, Mode};
 use crate::http::{is_method_token, normalized_path};
 use crate::identity::{validate_dns_label, IdentityError, SpiffeId};
 
-/// Port every service listens on (the seed's `:5000`).
+/// Port every service listens on (the original write-up's `:5000`).
 pub const SERVICE_PORT: u16 = 5000;
 /// Istio's default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";

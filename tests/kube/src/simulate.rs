@@ -89,7 +89,7 @@ pub(crate) async fn apply_node(client: &kube::Client, shape: &NodeShape) -> Resu
 }
 
 impl TestCluster {
-    /// Registers a GPU node as a GKE GPU node pool has it (labels `gpu=true` as in the seed and
+    /// Registers a GPU node as a GKE GPU node pool has it (labels `gpu=true` as in the original write-up and
     /// `cloud.google.com/gke-accelerator`, taint `nvidia.com/gpu=present:NoSchedule`, one
     /// allocatable `nvidia.com/gpu`) and a plain CPU node.
     pub async fn simulate_nodes(&self) -> Result<()> {
