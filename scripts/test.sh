@@ -43,6 +43,11 @@ for f in meshguard_authz meshguard_metrics; do
 done
 export MESHGUARD_FILTERS_DIR="$FILTERS_DIR"
 
+step "Per-request cost budgets: wasm instructions against an empty filter (exact counts, no timing)"
+# authz-allow <= 2.0x, authz-deny <= 3.0x, metrics <= 2.5x (bench::BUDGETS), and a decision that
+# costs the same for 3 or 3000 callers.
+cargo test --locked -q -p meshguard-filter-tests --test budget
+
 step "Tests: mesh model, filters in the Proxy-Wasm host, manifests, meshctl against a real API server and on the local cluster (scheduler, controllers, KEDA)"
 cargo test --workspace --locked
 

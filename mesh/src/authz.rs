@@ -4,9 +4,8 @@
 //! natively and the filter only gathers the facts and acts on the result. Lookup is one hash of
 //! the peer identity: O(1) in the number of callers configured for the workload.
 
-use std::collections::HashMap;
-
 use crate::config::{AuthzConfig, ConfigError, LogLevel, Mode};
+use crate::fasthash::BytesTable;
 use crate::http::{normalized_path, path_has_prefix, query_has_method_override, PathProblem};
 use crate::identity::SpiffeId;
 use crate::node::NodeFacts;
@@ -187,11 +186,14 @@ struct Caller {
 pub struct Authorizer {
     workload: String,
     identity: Option<SpiffeId>,
+    identity_text: Option<String>,
     workload_check: WorkloadCheck,
     mode: Mode,
     log_level: LogLevel,
-    callers: HashMap<String, Caller>,
-    known_peers: HashMap<String, String>,
+    /// By the exact identity bytes: every key was validated with the configuration, so a hit
+    /// needs no parsing.
+    callers: BytesTable<Caller>,
+    known_peers: BytesTable<String>,
 }
 
 impl Authorizer {
@@ -214,7 +216,7 @@ impl Authorizer {
             .into_iter()
             .map(|e| {
                 (
-                    e.from,
+                    e.from.into_bytes().into_boxed_slice(),
                     Caller {
                         service: e.service,
                         methods: e.methods,
@@ -225,12 +227,17 @@ impl Authorizer {
             .collect();
         Ok(Self {
             workload: config.workload,
+            identity_text: identity.as_ref().map(ToString::to_string),
             identity,
             workload_check,
             mode: config.mode,
             log_level: config.log_level,
             callers,
-            known_peers: config.known_peers.into_iter().collect(),
+            known_peers: config
+                .known_peers
+                .into_iter()
+                .map(|(id, service)| (id.into_bytes().into_boxed_slice(), service))
+                .collect(),
         })
     }
 
@@ -322,13 +329,10 @@ impl Authorizer {
                 source: None,
             };
         }
-        if let (WorkloadCheck::PerRequest, Some(own)) = (&self.workload_check, &self.identity) {
-            let matches = facts
-                .local_identity()
-                .and_then(|raw| std::str::from_utf8(raw).ok())
-                .and_then(|text| SpiffeId::parse(text).ok())
-                .is_some_and(|local| &local == own);
-            if !matches {
+        if let (WorkloadCheck::PerRequest, Some(own)) = (&self.workload_check, &self.identity_text)
+        {
+            // The parser accepts only the canonical form, so equal identities are equal bytes.
+            if facts.local_identity() != Some(own.as_bytes()) {
                 return wrong_workload;
             }
         }
@@ -342,24 +346,29 @@ impl Authorizer {
                     }
                 }
             };
-            // The parser accepts only the exact canonical form, so the validated text is the
-            // lookup key.
-            let Some(id) = std::str::from_utf8(raw_id)
-                .ok()
-                .filter(|text| SpiffeId::parse(text).is_ok())
-            else {
-                return Decision::Deny {
-                    reason: DenyReason::InvalidPeerIdentity,
-                    source: None,
-                };
-            };
-            let Some(caller) = self.callers.get(id) else {
-                return Decision::Deny {
-                    reason: DenyReason::UnknownPeer,
-                    source: self.known_peers.get(id).map(String::as_str),
-                };
-            };
-            caller
+            // The configuration's identities are validated and the parser accepts only the exact
+            // canonical form, so the raw bytes are the lookup key, and only a miss needs parsing
+            // to tell an invalid identity from an unknown one.
+            match self.callers.get(raw_id) {
+                Some(caller) => caller,
+                None => {
+                    // A known peer's identity was validated with the configuration too.
+                    if let Some(service) = self.known_peers.get(raw_id) {
+                        return Decision::Deny {
+                            reason: DenyReason::UnknownPeer,
+                            source: Some(service.as_str()),
+                        };
+                    }
+                    return Decision::Deny {
+                        reason: if SpiffeId::is_valid(raw_id) {
+                            DenyReason::UnknownPeer
+                        } else {
+                            DenyReason::InvalidPeerIdentity
+                        },
+                        source: None,
+                    };
+                }
+            }
         };
         let source = Some(caller.service.as_str());
         let deny = |reason| Decision::Deny { reason, source };

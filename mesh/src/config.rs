@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::http::is_method_token;
 use crate::identity::{validate_dns_label, SpiffeId};
 
-/// Largest configuration accepted, in bytes.
-pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+/// Largest configuration accepted, in bytes (4096 callers of about 100 bytes each fit).
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 /// Most allow entries (callers) for one workload.
-pub const MAX_ALLOW_ENTRIES: usize = 1024;
+pub const MAX_ALLOW_ENTRIES: usize = 4096;
 /// Most methods or path prefixes in one allow entry.
 pub const MAX_NARROWING_ITEMS: usize = 64;
 /// Longest path prefix.

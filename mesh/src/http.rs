@@ -15,6 +15,14 @@ pub fn method_label(raw: &[u8]) -> &'static str {
         .unwrap_or("OTHER")
 }
 
+/// The index of a request method in [`KNOWN_METHODS`], or `KNOWN_METHODS.len()` for `OTHER`.
+pub fn method_index(raw: &[u8]) -> usize {
+    KNOWN_METHODS
+        .iter()
+        .position(|m| m.as_bytes() == raw)
+        .unwrap_or(KNOWN_METHODS.len())
+}
+
 /// The metric label for a response status: `1xx`..`5xx`, or `other` for anything outside 100..=599.
 pub fn code_class(status: u64) -> &'static str {
     match status {
@@ -241,6 +249,8 @@ mod tests {
         assert_eq!(method_label(b"get"), "OTHER");
         assert_eq!(method_label(b"\xff\xfe"), "OTHER");
         assert_eq!(method_label(&[b'A'; 10_000]), "OTHER");
+        assert_eq!(method_index(b"GET"), 0);
+        assert_eq!(method_index(b"get"), KNOWN_METHODS.len());
     }
 
     #[test]

@@ -65,6 +65,22 @@ impl SpiffeId {
 
     /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`.
     pub fn parse(s: &str) -> Result<Self, IdentityError> {
+        let (td, ns, sa) = Self::split(s)?;
+        Ok(Self {
+            trust_domain: td.to_owned(),
+            namespace: ns.to_owned(),
+            service_account: sa.to_owned(),
+        })
+    }
+
+    /// Is `raw` an identity [`SpiffeId::parse_bytes`] accepts? Allocates nothing.
+    pub fn is_valid(raw: &[u8]) -> bool {
+        raw.len() <= MAX_SPIFFE_ID_LEN
+            && std::str::from_utf8(raw).is_ok_and(|s| Self::split(s).is_ok())
+    }
+
+    /// The validated trust domain, namespace and service account of `s`.
+    fn split(s: &str) -> Result<(&str, &str, &str), IdentityError> {
         if s.is_empty() {
             return Err(IdentityError::Empty);
         }
@@ -84,7 +100,11 @@ impl SpiffeId {
             parts.next(),
             parts.next(),
         ) {
-            (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Self::new(td, ns, sa),
+            (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => {
+                validate_dns_label(ns)?;
+                validate_dns_label(sa)?;
+                Ok((td, ns, sa))
+            }
             _ => Err(IdentityError::Path(format!("/{path}"))),
         }
     }
@@ -188,6 +208,7 @@ mod tests {
             "spiffe://user@cluster.local/ns/a/sa/b",
         ] {
             assert!(SpiffeId::parse(bad).is_err(), "accepted {bad:?}");
+            assert!(!SpiffeId::is_valid(bad.as_bytes()), "valid {bad:?}");
         }
         assert_eq!(
             SpiffeId::parse_bytes(b"spiffe://td/ns/a/sa/\xff"),
@@ -195,6 +216,9 @@ mod tests {
         );
         let long = format!("spiffe://td/ns/a/sa/{}", "b".repeat(MAX_SPIFFE_ID_LEN));
         assert_eq!(SpiffeId::parse(&long), Err(IdentityError::TooLong));
+        assert!(!SpiffeId::is_valid(long.as_bytes()));
+        assert!(!SpiffeId::is_valid(b"spiffe://td/ns/a/sa/\xff"));
+        assert!(SpiffeId::is_valid(b"spiffe://td/ns/a/sa/b"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod authz;
 pub mod config;
+pub mod fasthash;
 pub mod http;
 pub mod identity;
 pub mod metrics;

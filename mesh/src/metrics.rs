@@ -133,7 +133,7 @@ pub fn allowed_total(source: &str, destination: &str) -> String {
 }
 
 /// Most series one filter instance defines. Label values come from closed sets, but a large
-/// configuration (up to 1024 peers) times methods and code classes could still ask the host for
+/// configuration (up to 4096 peers) times methods and code classes could still ask the host for
 /// tens of thousands of series, and a host may refuse some (the crates.io `proxy-wasm-host`
 /// refuses a guest's 1025th metric name). Beyond this many, a new series is counted in its
 /// metric's [`overflow_series`].

@@ -35,21 +35,81 @@ const GRPC_PERMISSION_DENIED: i32 = 7;
 
 proxy_wasm::main! {{
     common::init_logging(log::LevelFilter::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthzRoot::default()) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthzRoot) });
 }}
 
-#[derive(Default)]
-struct AuthzRoot {
-    authorizer: Option<Rc<Authorizer>>,
-    metrics: Rc<RefCell<Metrics>>,
+/// What every stream needs, built once per configuration: the compiled policy and each denial's
+/// local reply, ready to send.
+struct State {
+    authorizer: Authorizer,
+    replies: Vec<Reply>,
 }
+
+thread_local! {
+    /// The current configuration (`None`: none valid). Streams read it here rather than holding a
+    /// reference each, so a stream context is a zero-sized box the SDK allocates nothing for.
+    static STATE: RefCell<Option<Rc<State>>> = const { RefCell::new(None) };
+    /// Metric handles; they outlive reconfigurations.
+    static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
+}
+
+/// A denial's local reply in each form (see [`AuthzStream::deny`]).
+struct Reply {
+    reason: &'static str,
+    json_body: Vec<u8>,
+    http_headers: Vec<u8>,
+    grpc_headers: Vec<u8>,
+    /// gRPC-web binary and text: headers, body.
+    web: [(Vec<u8>, Vec<u8>); 2],
+}
+
+impl Reply {
+    fn new(workload: &str, reason: DenyReason) -> Reply {
+        let why = reason.as_str().as_bytes();
+        // Both values are from closed sets (a validated service name, a reason token), so they
+        // need no JSON escaping.
+        let json_body = format!(
+            r#"{{"error":"forbidden","reason":"{}","workload":"{workload}"}}"#,
+            reason.as_str()
+        )
+        .into_bytes();
+        let web = |text: bool| {
+            let ct: &[u8] = if text {
+                b"application/grpc-web-text+proto"
+            } else {
+                b"application/grpc-web+proto"
+            };
+            let headers = abi::serialize_pairs(&[
+                (b"content-type", ct),
+                (b"grpc-status", b"7"),
+                (b"grpc-message", why),
+                (DENY_REASON_HEADER.as_bytes(), why),
+            ]);
+            (headers, grpc_web_trailer_frame(why, text))
+        };
+        Reply {
+            reason: reason.as_str(),
+            json_body,
+            http_headers: abi::serialize_pairs(&[
+                (b"content-type", b"application/json"),
+                (DENY_REASON_HEADER.as_bytes(), why),
+            ]),
+            grpc_headers: abi::serialize_pairs(&[(DENY_REASON_HEADER.as_bytes(), why)]),
+            web: [web(false), web(true)],
+        }
+    }
+}
+
+struct AuthzRoot;
 
 impl Context for AuthzRoot {}
 
 impl RootContext for AuthzRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        common::sync_log_level();
         // A new configuration replaces the old one; if it is bad, nothing is admitted.
-        self.authorizer = None;
+        STATE.with(|s| s.replace(None));
+        METRICS.with(|m| m.borrow_mut().clear_keys());
         let Some(raw) = common::plugin_configuration(plugin_configuration_size) else {
             log::error!("meshguard-authz: no plugin configuration; denying every request");
             return false;
@@ -76,7 +136,15 @@ impl RootContext for AuthzRoot {
                     a.workload(),
                     mode_label(a.mode())
                 );
-                self.authorizer = Some(Rc::new(a));
+                let replies = DenyReason::ALL
+                    .iter()
+                    .map(|r| Reply::new(a.workload(), *r))
+                    .collect();
+                let state = State {
+                    authorizer: a,
+                    replies,
+                };
+                STATE.with(|s| s.replace(Some(Rc::new(state))));
                 true
             }
             Err(e) => {
@@ -87,10 +155,7 @@ impl RootContext for AuthzRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AuthzStream {
-            authorizer: self.authorizer.clone(),
-            metrics: Rc::clone(&self.metrics),
-        }))
+        Some(Box::new(AuthzStream))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -98,10 +163,7 @@ impl RootContext for AuthzRoot {
     }
 }
 
-struct AuthzStream {
-    authorizer: Option<Rc<Authorizer>>,
-    metrics: Rc<RefCell<Metrics>>,
-}
+struct AuthzStream;
 
 impl Context for AuthzStream {}
 
@@ -113,8 +175,9 @@ fn mode_label(mode: Mode) -> &'static str {
 }
 
 impl AuthzStream {
-    fn deny(&self, workload: &str, reason: DenyReason) -> Action {
-        let why = reason.as_str().as_bytes();
+    /// Answers the request with the denial's local reply: JSON 403, gRPC PERMISSION_DENIED, or
+    /// gRPC-web. A reply the host refuses resets the stream instead.
+    fn deny(reply: &Reply) -> Action {
         let content_type = common::request_header("content-type");
         let sent = match content_type
             .as_deref()
@@ -126,8 +189,8 @@ impl AuthzStream {
             GrpcKind::Grpc => abi::send_local_response(
                 403,
                 RESPONSE_DETAILS.as_bytes(),
-                why,
-                &abi::serialize_pairs(&[(DENY_REASON_HEADER.as_bytes(), why)]),
+                reply.reason.as_bytes(),
+                &reply.grpc_headers,
                 GRPC_PERMISSION_DENIED,
             ),
             // Envoy does not treat gRPC-web as gRPC here (its gRPC-web filter runs later in the
@@ -136,40 +199,16 @@ impl AuthzStream {
             // clients that read a trailers-only status there. Envoy drops `content-type` from a
             // local reply without a body, so the frame also keeps the content type.
             kind @ (GrpcKind::GrpcWeb | GrpcKind::GrpcWebText) => {
-                let text = kind == GrpcKind::GrpcWebText;
-                let ct: &[u8] = if text {
-                    b"application/grpc-web-text+proto"
-                } else {
-                    b"application/grpc-web+proto"
-                };
-                let headers = abi::serialize_pairs(&[
-                    (b"content-type", ct),
-                    (b"grpc-status", b"7"),
-                    (b"grpc-message", why),
-                    (DENY_REASON_HEADER.as_bytes(), why),
-                ]);
-                let body = grpc_web_trailer_frame(why, text);
-                abi::send_local_response(200, RESPONSE_DETAILS.as_bytes(), &body, &headers, -1)
+                let (headers, body) = &reply.web[usize::from(kind == GrpcKind::GrpcWebText)];
+                abi::send_local_response(200, RESPONSE_DETAILS.as_bytes(), body, headers, -1)
             }
-            GrpcKind::None => {
-                // Both values are from closed sets (a validated service name, a reason token),
-                // so they need no JSON escaping.
-                let body = format!(
-                    r#"{{"error":"forbidden","reason":"{}","workload":"{workload}"}}"#,
-                    reason.as_str()
-                );
-                let headers = abi::serialize_pairs(&[
-                    (b"content-type", b"application/json"),
-                    (DENY_REASON_HEADER.as_bytes(), why),
-                ]);
-                abi::send_local_response(
-                    403,
-                    RESPONSE_DETAILS.as_bytes(),
-                    body.as_bytes(),
-                    &headers,
-                    -1,
-                )
-            }
+            GrpcKind::None => abi::send_local_response(
+                403,
+                RESPONSE_DETAILS.as_bytes(),
+                &reply.json_body,
+                &reply.http_headers,
+                -1,
+            ),
         };
         if let Err(status) = sent {
             // The host refused the local reply: do not let the request through regardless.
@@ -264,23 +303,38 @@ impl Facts for HostFacts {
     }
 }
 
+/// The key of a decision's counter in [`METRICS`]: the address of its source label (a string of
+/// the current [`State`], or a static one) and the outcome (0 allow, 1 + the deny reason's index).
+fn metric_key(source: &str, outcome: usize) -> u64 {
+    ((source.as_ptr() as usize as u64) << 8) | outcome as u64
+}
+
 impl HttpContext for AuthzStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(authorizer) = self.authorizer.clone() else {
+        common::sync_log_level();
+        let Some(state) = STATE.with(|s| s.borrow().clone()) else {
             log::error!("meshguard-authz: deny reason=config_invalid (no valid configuration)");
-            return self.deny(metrics::SOURCE_UNKNOWN, DenyReason::ConfigInvalid);
+            return Self::deny(&Reply::new(
+                metrics::SOURCE_UNKNOWN,
+                DenyReason::ConfigInvalid,
+            ));
         };
+        let authorizer = &state.authorizer;
         let mut facts = HostFacts::default();
         let decision = authorizer.decide_with(&mut facts);
         let workload = authorizer.workload();
         let level = common::log_level(authorizer.log_level());
-        let method_label = http::method_label(facts.method().unwrap_or_default());
         match decision {
             Decision::Allow { source } => {
-                log::log!(level, "meshguard-authz: allow source={source} destination={workload} method={method_label}");
-                self.metrics
-                    .borrow_mut()
-                    .count(metrics::allowed_total(source, workload));
+                if log::log_enabled!(level) {
+                    let method = http::method_label(facts.method().unwrap_or_default());
+                    log::log!(level, "meshguard-authz: allow source={source} destination={workload} method={method}");
+                }
+                METRICS.with(|m| {
+                    m.borrow_mut().count_keyed(metric_key(source, 0), || {
+                        metrics::allowed_total(source, workload)
+                    });
+                });
                 Action::Continue
             }
             Decision::Deny { reason, source } => {
@@ -289,19 +343,23 @@ impl HttpContext for AuthzStream {
                     _ => metrics::SOURCE_UNKNOWN,
                 });
                 let mode = mode_label(authorizer.mode());
-                log::log!(
-                    level,
-                    "meshguard-authz: deny reason={reason} source={source} destination={workload} method={method_label} mode={mode}"
-                );
-                self.metrics.borrow_mut().count(metrics::denials_total(
-                    source,
-                    workload,
-                    reason.as_str(),
-                    mode,
-                ));
-                match authorizer.mode() {
-                    Mode::Enforce => self.deny(workload, reason),
-                    Mode::DryRun => Action::Continue,
+                if log::log_enabled!(level) {
+                    let method = http::method_label(facts.method().unwrap_or_default());
+                    log::log!(
+                        level,
+                        "meshguard-authz: deny reason={reason} source={source} destination={workload} method={method} mode={mode}"
+                    );
+                }
+                METRICS.with(|m| {
+                    m.borrow_mut()
+                        .count_keyed(metric_key(source, 1 + reason as usize), || {
+                            metrics::denials_total(source, workload, reason.as_str(), mode)
+                        });
+                });
+                match (authorizer.mode(), state.replies.get(reason as usize)) {
+                    (Mode::DryRun, _) => Action::Continue,
+                    (Mode::Enforce, Some(reply)) => Self::deny(reply),
+                    (Mode::Enforce, None) => Self::deny(&Reply::new(workload, reason)),
                 }
             }
         }

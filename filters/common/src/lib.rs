@@ -3,9 +3,16 @@
 //! handled here or by the filter: no host answer makes a filter trap.
 
 pub mod abi;
+pub mod alloc;
+
+/// The filters' allocator (see [`alloc`]): only in the Wasm module, where it is single-threaded.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: alloc::SmallBlocks = alloc::SmallBlocks::new();
 
 use std::collections::HashMap;
 
+use meshguard_mesh::fasthash::U64Map;
 use meshguard_mesh::{metrics, LogLevel};
 
 /// Envoy's property holding whether the downstream connection is mutual TLS (1 byte, bool).
@@ -69,8 +76,8 @@ pub fn response_trailer(name: &str) -> Option<Vec<u8>> {
 }
 
 /// The host clock in nanoseconds since the epoch, if it answers.
-pub fn now_nanos() -> Option<u128> {
-    abi::now_nanos().map(u128::from)
+pub fn now_nanos() -> Option<u64> {
+    abi::now_nanos()
 }
 
 /// A `log` backend over [`abi::log`]: unlike the SDK's logger it never panics when the host
@@ -109,6 +116,23 @@ pub fn init_logging(level: log::LevelFilter) {
     log::set_max_level(level);
 }
 
+/// Logs from now on only what the host would keep: its level from `proxy_get_log_level` (Envoy's
+/// Wasm log level; Istio's default is warning). A message below it is then neither formatted nor
+/// handed to the host. One host call, no allocation; when the host does not answer, the level
+/// stays as it was.
+pub fn sync_log_level() {
+    let filter = match abi::log_level() {
+        Some(0) => log::LevelFilter::Trace,
+        Some(1) => log::LevelFilter::Debug,
+        Some(2) => log::LevelFilter::Info,
+        Some(3) => log::LevelFilter::Warn,
+        Some(4) => log::LevelFilter::Error,
+        Some(_) => log::LevelFilter::Off,
+        None => return,
+    };
+    log::set_max_level(filter);
+}
+
 /// The `log` level for a configured [`LogLevel`].
 pub fn log_level(level: LogLevel) -> log::Level {
     match level {
@@ -124,10 +148,14 @@ pub fn log_level(level: LogLevel) -> log::Level {
 /// defined; a series beyond that is counted in its metric's overflow series (every label
 /// `overflow`), so neither a large configuration nor hostile traffic can make the host refuse a
 /// metric. A metric the host refuses is remembered as refused and not asked for again.
+///
+/// Each series is also cached under a small integer key the filter computes from its label
+/// indices, so a request updates a metric with one hash of a `u64` and no name building.
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: HashMap<String, Option<u32>>,
     defined: usize,
+    by_key: U64Map<Option<u32>>,
 }
 
 impl Metrics {
@@ -156,6 +184,39 @@ impl Metrics {
         };
         self.ids.insert(name, id);
         id
+    }
+
+    /// Forgets the keys (after a reconfiguration gives them other meanings); the series and
+    /// their names stay defined.
+    pub fn clear_keys(&mut self) {
+        self.by_key.clear();
+    }
+
+    fn keyed(&mut self, kind: u32, key: u64, name: impl FnOnce() -> String) -> Option<u32> {
+        if let Some(id) = self.by_key.get(key) {
+            return id;
+        }
+        let id = self.id(kind, name());
+        self.by_key.insert(key, id);
+        id
+    }
+
+    /// Adds one to the counter cached under `key`, named `name()` when first used.
+    pub fn count_keyed(&mut self, key: u64, name: impl FnOnce() -> String) {
+        if let Some(id) = self.keyed(abi::METRIC_COUNTER, key, name) {
+            if let Err(status) = abi::increment_metric(id, 1) {
+                log::error!("cannot increment metric {id}: host status {status}");
+            }
+        }
+    }
+
+    /// Records `value` in the histogram cached under `key`, named `name()` when first used.
+    pub fn record_keyed(&mut self, key: u64, name: impl FnOnce() -> String, value: u64) {
+        if let Some(id) = self.keyed(abi::METRIC_HISTOGRAM, key, name) {
+            if let Err(status) = abi::record_metric(id, value) {
+                log::error!("cannot record metric {id}: host status {status}");
+            }
+        }
     }
 
     /// Adds one to the counter `name`.

@@ -11,10 +11,10 @@
 //! filter measures nothing and lets every request through; no host answer makes it trap.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use meshguard_filter_common::{self as common, Metrics};
+use meshguard_mesh::fasthash::BytesTable;
 use meshguard_mesh::http::GrpcKind;
 use meshguard_mesh::{http, metrics, MetricsConfig};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -22,44 +22,72 @@ use proxy_wasm::types::{Action, ContextType};
 
 proxy_wasm::main! {{
     common::init_logging(log::LevelFilter::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot::default()) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot) });
 }}
 
 /// What a stream needs from the configuration.
 struct Settings {
     workload: String,
     level: log::Level,
-    peers: BTreeMap<String, String>,
+    /// Peer identity (exact bytes) to its index in `names`.
+    peers: BytesTable<usize>,
+    names: Vec<String>,
 }
 
+/// Sources by index: `none`, `unknown`, then the peers.
+const SOURCE_NONE: usize = 0;
+const SOURCE_UNKNOWN: usize = 1;
+
 impl Settings {
-    /// The `source` label: the peer's service name, `unknown` for an identity the mesh does not
-    /// know, `none` without mTLS.
-    fn source_label(&self, mtls: Option<bool>, peer: Option<&[u8]>) -> &str {
+    /// The `source` label's index: the peer's service, `unknown` for an identity the mesh does
+    /// not know, `none` without mTLS.
+    fn source(&self, mtls: Option<bool>, peer: Option<&[u8]>) -> usize {
         if mtls != Some(true) {
-            return metrics::SOURCE_NONE;
+            return SOURCE_NONE;
         }
-        match peer.and_then(|p| std::str::from_utf8(p).ok()) {
-            None | Some("") => metrics::SOURCE_NONE,
-            Some(id) => self
-                .peers
-                .get(id)
+        match peer {
+            None | Some([]) => SOURCE_NONE,
+            Some(id) => match self.peers.get(id) {
+                Some(i) => i + 2,
+                // An identity that is not text is no identity.
+                None if std::str::from_utf8(id).is_err() => SOURCE_NONE,
+                None => SOURCE_UNKNOWN,
+            },
+        }
+    }
+
+    fn source_label(&self, source: usize) -> &str {
+        match source {
+            SOURCE_NONE => metrics::SOURCE_NONE,
+            SOURCE_UNKNOWN => metrics::SOURCE_UNKNOWN,
+            i => self
+                .names
+                .get(i - 2)
                 .map_or(metrics::SOURCE_UNKNOWN, String::as_str),
         }
     }
 }
 
-#[derive(Default)]
-struct MetricsRoot {
-    settings: Option<Rc<Settings>>,
-    metrics: Rc<RefCell<Metrics>>,
+/// The code classes, by the index a series key holds.
+const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other", "none"];
+
+thread_local! {
+    /// The current configuration (`None`: none valid). Streams read it here, so a stream holds
+    /// only its start time.
+    static SETTINGS: RefCell<Option<Rc<Settings>>> = const { RefCell::new(None) };
+    /// Metric handles; they outlive reconfigurations.
+    static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
 }
+
+struct MetricsRoot;
 
 impl Context for MetricsRoot {}
 
 impl RootContext for MetricsRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        self.settings = None;
+        common::sync_log_level();
+        SETTINGS.with(|s| s.replace(None));
+        METRICS.with(|m| m.borrow_mut().clear_keys());
         let Some(raw) = common::plugin_configuration(plugin_configuration_size) else {
             log::error!("meshguard-metrics: no plugin configuration; not measuring");
             return false;
@@ -71,11 +99,19 @@ impl RootContext for MetricsRoot {
                     cfg.workload,
                     cfg.peers.len()
                 );
-                self.settings = Some(Rc::new(Settings {
+                let mut peers = BytesTable::default();
+                let mut names = Vec::with_capacity(cfg.peers.len());
+                for (id, name) in cfg.peers {
+                    peers.insert(id.into_bytes().into_boxed_slice(), names.len());
+                    names.push(name);
+                }
+                let settings = Settings {
                     workload: cfg.workload,
                     level: common::log_level(cfg.log_level),
-                    peers: cfg.peers,
-                }));
+                    peers,
+                    names,
+                };
+                SETTINGS.with(|s| s.replace(Some(Rc::new(settings))));
                 true
             }
             Err(e) => {
@@ -87,11 +123,7 @@ impl RootContext for MetricsRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Always a context: the SDK panics on `None`. Unconfigured, it measures nothing.
-        Some(Box::new(MetricsStream {
-            settings: self.settings.clone(),
-            metrics: Rc::clone(&self.metrics),
-            started_ns: None,
-        }))
+        Some(Box::new(MetricsStream { started_ns: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -100,29 +132,37 @@ impl RootContext for MetricsRoot {
 }
 
 struct MetricsStream {
-    settings: Option<Rc<Settings>>,
-    metrics: Rc<RefCell<Metrics>>,
-    started_ns: Option<u128>,
+    /// 8-aligned, so its box is one of the allocator's small blocks.
+    started_ns: Option<u64>,
+}
+
+fn settings() -> Option<Rc<Settings>> {
+    SETTINGS.with(|s| s.borrow().clone())
 }
 
 impl Context for MetricsStream {}
 
 impl HttpContext for MetricsStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.settings.is_some() {
+        if SETTINGS.with(|s| s.borrow().is_some()) {
             self.started_ns = common::now_nanos();
         }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        let Some(s) = &self.settings else {
+        let Some(s) = settings() else {
             return;
         };
-        let peer = common::property(common::PROP_PEER_URI_SAN);
-        let source = s.source_label(common::bool_property(common::PROP_MTLS), peer.as_deref());
+        common::sync_log_level();
+        let mtls = common::bool_property(common::PROP_MTLS);
+        let peer = match mtls {
+            Some(true) => common::property(common::PROP_PEER_URI_SAN),
+            _ => None,
+        };
+        let source_index = s.source(mtls, peer.as_deref());
         let method = common::request_header(":method");
-        let method = http::method_label(method.as_deref().unwrap_or_default());
+        let method_index = http::method_index(method.as_deref().unwrap_or_default());
         let status = common::int_property(common::PROP_RESPONSE_CODE)
             .and_then(|c| u64::try_from(c).ok())
             .or_else(|| common::response_header(":status").and_then(|v| http::parse_status(&v)));
@@ -138,19 +178,47 @@ impl HttpContext for MetricsStream {
         } else {
             status
         };
-        let class = status.map_or("none", http::code_class);
-        let mut m = self.metrics.borrow_mut();
-        m.count(metrics::requests_total(source, &s.workload, method, class));
-        // A stream a filter before us answered locally never reached our request headers: it
-        // has no start time of ours, so it is counted but not timed.
-        if let (Some(start), Some(end)) = (self.started_ns, common::now_nanos()) {
-            let ms = u64::try_from(end.saturating_sub(start) / 1_000_000).unwrap_or(u64::MAX);
-            m.record(metrics::request_duration(source, &s.workload, class), ms);
+        let class_index = match status {
+            Some(100..=199) => 0,
+            Some(200..=299) => 1,
+            Some(300..=399) => 2,
+            Some(400..=499) => 3,
+            Some(500..=599) => 4,
+            Some(_) => 5,
+            None => 6,
+        };
+        let class = CLASSES.get(class_index).copied().unwrap_or("none");
+        let source = s.source_label(source_index);
+        let method = http::KNOWN_METHODS
+            .get(method_index)
+            .copied()
+            .unwrap_or("OTHER");
+        // Series keys: the label indices, the metric in the top bits.
+        let counter_key =
+            ((source_index as u64) << 16) | ((method_index as u64) << 8) | class_index as u64;
+        let duration_key = (1 << 56) | ((source_index as u64) << 16) | class_index as u64;
+        METRICS.with(|m| {
+            let mut m = m.borrow_mut();
+            m.count_keyed(counter_key, || {
+                metrics::requests_total(source, &s.workload, method, class)
+            });
+            // A stream a filter before us answered locally never reached our request headers:
+            // it has no start time of ours, so it is counted but not timed.
+            if let (Some(start), Some(end)) = (self.started_ns, common::now_nanos()) {
+                let ms = end.saturating_sub(start) / 1_000_000;
+                m.record_keyed(
+                    duration_key,
+                    || metrics::request_duration(source, &s.workload, class),
+                    ms,
+                );
+            }
+        });
+        if log::log_enabled!(s.level) {
+            log::log!(
+                s.level,
+                "meshguard-metrics: source={source} destination={} method={method} code_class={class}",
+                s.workload
+            );
         }
-        log::log!(
-            s.level,
-            "meshguard-metrics: source={source} destination={} method={method} code_class={class}",
-            s.workload
-        );
     }
 }

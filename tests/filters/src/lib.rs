@@ -151,10 +151,14 @@ pub fn node_for(config: &[u8]) -> Properties {
 /// A host running filter `name` with `config` in the pod it was rendered for ([`node_for`]),
 /// `on_configure` already called (its result is returned by [`Host::configure`] again if a test
 /// needs it).
+///
+/// The host logs at trace (`proxy_get_log_level`), as a sidecar whose Wasm log level an operator
+/// raised does, so that tests see every line the filter logs at its configured level.
 pub fn host(name: &str, config: &str) -> anyhow::Result<Host> {
     Ok(Host::builder(module(name)?)
         .plugin_config(config)
         .root_properties(node_for(config.as_bytes()))
+        .log_level(proxy_wasm_host::LogLevel::Trace)
         .build_configured()?)
 }
 
@@ -163,6 +167,7 @@ pub fn host_configure(name: &str, config: &[u8]) -> anyhow::Result<(Host, bool)>
     let mut host = Host::builder(module(name)?)
         .plugin_config(config.to_vec())
         .root_properties(node_for(config))
+        .log_level(proxy_wasm_host::LogLevel::Trace)
         .build()?;
     let ok = host.configure()?;
     Ok((host, ok))
@@ -357,9 +362,58 @@ pub mod bench {
         ]
     }
 
+    /// Wasm instructions per request against the empty filter, at most: what `scripts/test.sh`
+    /// holds the filters to (`tests/budget.rs`) and `meshguard-bench` reports against.
+    pub const BUDGETS: [(&str, f64); 3] =
+        [("authz-allow", 2.0), ("authz-deny", 3.0), ("metrics", 2.5)];
+
+    /// A host for a scenario as an Istio sidecar runs it: configured for the pod its
+    /// configuration was rendered for ([`super::node_for`]), Envoy's Wasm log level at Istio's
+    /// default, warning.
+    /// The allow decision with `n` callers configured (user-service and `n - 1` others): its
+    /// cost must not grow with `n`.
+    pub fn callers_config(n: usize) -> anyhow::Result<String> {
+        let mut cfg = super::mesh()?.authz_config(
+            "order-service",
+            Mode::Enforce,
+            meshguard_mesh::LogLevel::Info,
+        )?;
+        for i in 1..n {
+            cfg.allow.push(meshguard_mesh::AllowEntry {
+                from: super::identity(&format!("caller-{i}")),
+                service: format!("caller-{i}"),
+                methods: Vec::new(),
+                path_prefixes: Vec::new(),
+            });
+        }
+        Ok(cfg.to_json())
+    }
+
+    /// [`callers_config`] scenarios for 3, 30, 300 and 3000 callers.
+    pub fn scaling() -> Vec<Scenario> {
+        fn s(name: &'static str, config: fn() -> anyhow::Result<String>) -> Scenario {
+            Scenario {
+                name,
+                what: "authorization, admitted caller",
+                module: AUTHZ,
+                config,
+                request: || from_service("user-service", "GET", "/orders?user_id=7"),
+            }
+        }
+        vec![
+            s("callers-3", || callers_config(3)),
+            s("callers-30", || callers_config(30)),
+            s("callers-300", || callers_config(300)),
+            s("callers-3000", || callers_config(3000)),
+        ]
+    }
+
     pub fn host(s: &Scenario, fuel: bool) -> anyhow::Result<Host> {
+        let config = (s.config)()?;
         let mut host = Host::builder(module(s.module)?)
-            .plugin_config((s.config)()?)
+            .root_properties(super::node_for(config.as_bytes()))
+            .plugin_config(config)
+            .log_level(proxy_wasm_host::LogLevel::Warn)
             .fuel(fuel)
             .capture_logs(false)
             .build()?;
@@ -367,5 +421,18 @@ pub mod bench {
             bail!("{}: on_configure failed", s.name);
         }
         Ok(host)
+    }
+
+    /// Wasm instructions (wasmtime fuel) per request of a scenario, after a warm-up; exact and
+    /// the same on every machine.
+    pub fn fuel_per_request(s: &Scenario, n: usize) -> anyhow::Result<f64> {
+        let mut h = host(s, true)?;
+        let req = (s.request)();
+        h.run_requests(&req, 50)?;
+        let summary = h.run_requests(&req, n)?;
+        let Some(fuel) = summary.fuel_consumed else {
+            bail!("fuel metering is off");
+        };
+        Ok(fuel as f64 / n as f64)
     }
 }

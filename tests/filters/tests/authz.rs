@@ -270,10 +270,39 @@ fn every_decision_is_logged_at_the_configured_level() -> R {
 }
 
 #[test]
+fn decisions_below_the_hosts_log_level_are_not_logged() -> R {
+    use proxy_wasm_host::LogLevel;
+    let config = narrowed_config("enforce"); // log_level debug
+    let mut h = proxy_wasm_host::Host::builder(meshguard_filter_tests::module(AUTHZ)?)
+        .plugin_config(config.clone())
+        .root_properties(meshguard_filter_tests::node_for(config.as_bytes()))
+        .log_level(LogLevel::Warn)
+        .build_configured()?;
+    let out = h.http_request(&from_service("user-service", "GET", "/admin"))?;
+    assert!(out.local_response.is_some());
+    assert!(
+        out.logs.iter().all(|l| !l.message.contains("deny reason=")),
+        "{:?}",
+        out.logs
+    );
+    // The host's level is read on every request: raised, the same decision is logged.
+    h.set_log_level(LogLevel::Debug);
+    let out = h.http_request(&from_service("user-service", "GET", "/admin"))?;
+    assert!(
+        out.logs
+            .iter()
+            .any(|l| l.message.contains("deny reason=path_not_allowed")),
+        "{:?}",
+        out.logs
+    );
+    Ok(())
+}
+
+#[test]
 fn malformed_configuration_fails_configure_and_denies_everything() -> R {
     let big = format!(
         r#"{{"workload":"order-service","allow":[],"x":"{}"}}"#,
-        "a".repeat(300_000)
+        "a".repeat(meshguard_mesh::config::MAX_CONFIG_BYTES)
     );
     let deep = "[".repeat(50_000);
     let cases: Vec<(&[u8], &[&str])> = vec![
