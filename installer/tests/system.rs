@@ -426,6 +426,25 @@ async fn desired(client: &Client, ns: &str, name: &str) -> Result<i32, BoxError>
         .unwrap_or(0))
 }
 
+/// Waits until the desired replicas of Deployment `ns/name` satisfy `ok`; returns them.
+async fn wait_desired(
+    client: &Client,
+    (ns, name): (&str, &str),
+    what: &str,
+    within: Duration,
+    ok: impl Fn(i32) -> bool,
+) -> Result<i32, BoxError> {
+    wait_for(what, within, || async {
+        let n = desired(client, ns, name).await?;
+        Ok(if ok(n) {
+            Ok(n)
+        } else {
+            Err(format!("{n} replicas"))
+        })
+    })
+    .await
+}
+
 #[tokio::test]
 async fn autoscalers_follow_order_service_load_up_and_back_down() -> TestResult {
     let cluster = LocalCluster::start(LocalClusterOptions::default()).await?;
@@ -433,17 +452,12 @@ async fn autoscalers_follow_order_service_load_up_and_back_down() -> TestResult 
     install_on(&cluster, &["--fast-scale-down"]).await?;
     all_running(&client, Duration::from_secs(120)).await?;
     counter_query_target(&client, cluster.prometheus_url()).await?;
-    wait_for(
+    wait_desired(
+        &client,
+        ("counter-query", "counter-query-user"),
         "the counter-query target running",
         Duration::from_secs(60),
-        || async {
-            let n = desired(&client, "counter-query", "counter-query-user").await?;
-            Ok(if n == 1 {
-                Ok(())
-            } else {
-                Err(format!("{n} replicas"))
-            })
-        },
+        |n| n == 1,
     )
     .await?;
     assert_eq!(
@@ -461,61 +475,45 @@ async fn autoscalers_follow_order_service_load_up_and_back_down() -> TestResult 
     // 10; KEDA wants ceil(2 cores / 0.5 cores) = 4 user-service replicas.
     let load_start = Instant::now();
     cluster.set_load(NS, ORDER, 2000).await?;
-    wait_for(
+    wait_desired(
+        &client,
+        (NS, ORDER),
         "order-service scaled out",
         Duration::from_secs(180),
-        || async {
-            let n = desired(&client, NS, ORDER).await?;
-            Ok(if n > 1 {
-                Ok(n)
-            } else {
-                Err(format!("{n} replicas"))
-            })
-        },
+        |n| n > 1,
     )
     .await?;
     eprintln!(
         "load start to order-service's first scale-up: {:.1}s",
         load_start.elapsed().as_secs_f64()
     );
-    wait_for("user-service at 4", Duration::from_secs(240), || async {
-        let n = desired(&client, NS, USER).await?;
-        Ok(if n == 4 {
-            Ok(())
-        } else {
-            Err(format!("{n} replicas"))
-        })
-    })
+    wait_desired(
+        &client,
+        (NS, USER),
+        "user-service at 4",
+        Duration::from_secs(240),
+        |n| n == 4,
+    )
     .await?;
     eprintln!(
         "load start to user-service at 4: {:.1}s",
         load_start.elapsed().as_secs_f64()
     );
-    let peak = wait_for(
+    let peak = wait_desired(
+        &client,
+        (NS, ORDER),
         "order-service at its peak",
         Duration::from_secs(180),
-        || async {
-            let n = desired(&client, NS, ORDER).await?;
-            Ok(if n >= 8 {
-                Ok(n)
-            } else {
-                Err(format!("{n} replicas"))
-            })
-        },
+        |n| n >= 8,
     )
     .await?;
     assert!(peak <= 10, "order-service stays within 10: {peak}");
-    wait_for(
+    wait_desired(
+        &client,
+        ("counter-query", "counter-query-user"),
         "the counter-query target at 4",
         Duration::from_secs(180),
-        || async {
-            let n = desired(&client, "counter-query", "counter-query-user").await?;
-            Ok(if n == 4 {
-                Ok(())
-            } else {
-                Err(format!("{n} replicas"))
-            })
-        },
+        |n| n == 4,
     )
     .await?;
 
