@@ -39,7 +39,9 @@ const PAYMENT: &str = "payment-service";
 const SERVICES: [&str; 3] = [USER, ORDER, PAYMENT];
 const POLL: Duration = Duration::from_millis(500);
 
-/// Polls `check` until it returns `Some`; fails with `what` and the last observation otherwise.
+/// Polls `check` until it returns `Ok(Ok(value))`; fails with `what` and the last observation
+/// otherwise. A failed request (`Err`) is an observation too, retried until the deadline: a
+/// connection the API server drops under load must not fail a test that would pass a poll later.
 async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T, BoxError>
 where
     F: FnMut() -> Fut,
@@ -47,9 +49,10 @@ where
 {
     let deadline = Instant::now() + within;
     loop {
-        let last = match check().await? {
-            Ok(value) => return Ok(value),
-            Err(observed) => observed,
+        let last = match check().await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(observed)) => observed,
+            Err(error) => format!("request failed: {error}"),
         };
         if Instant::now() >= deadline {
             return Err(format!("{what}: not reached within {within:?}; last seen: {last}").into());

@@ -15,6 +15,9 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::load::{self, LOAD_ANNOTATION};
 
+/// Consecutive failed reads of the cluster after which a pulse gives up.
+const MAX_READ_FAILURES: u32 = 10;
+
 /// What a pulse does.
 #[derive(Debug, Clone)]
 pub struct PulseOptions {
@@ -219,6 +222,7 @@ async fn run_inner(
     let mut last: Option<(u64, Vec<ServiceState>)> = None;
     let mut last_print = start;
     let target_index = opts.services.iter().position(|s| *s == opts.target);
+    let mut failures = 0;
     loop {
         let t = start.elapsed();
         if milestones.load_end.is_none() && t >= opts.duration {
@@ -226,8 +230,28 @@ async fn run_inner(
             milestones.load_end = Some(t);
             print(&format!("{:>6}  load off", format!("+{}s", t.as_secs())));
         }
-        let load = current_load(client, opts).await?;
-        let states = snapshot(client, opts).await?;
+        // A failed read (a connection the API server drops under load) is retried on the next
+        // tick; only a run of them fails the pulse.
+        let read = async {
+            Ok::<_, Error>((
+                current_load(client, opts).await?,
+                snapshot(client, opts).await?,
+            ))
+        };
+        let (load, states) = match read.await {
+            Ok(read) => {
+                failures = 0;
+                read
+            }
+            Err(e) => {
+                failures += 1;
+                if failures >= MAX_READ_FAILURES {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         for (service, state) in opts.services.iter().zip(&states) {
             let peak = milestones
                 .peaks

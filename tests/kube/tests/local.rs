@@ -32,9 +32,11 @@ where
 {
     let deadline = Instant::now() + within;
     loop {
-        let last = match check().await? {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
+        // A failed request is retried like an unmet condition, until the deadline.
+        let last = match check().await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(e) => format!("request failed: {e}"),
         };
         if Instant::now() >= deadline {
             return Err(format!("{what}: not within {within:?}; last: {last}").into());
