@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
         let p = normalized_path(path.unwrap_or_default()).unwrap_or("/not-normalized");
         assert!(path_has_prefix(p, "/orders"));
         assert!(!p.contains(".."));
-        assert!(!p.contains(';'), "path parameters are never admitted under a prefix");
+        assert!(
+            !p.contains(';'),
+            "path parameters are never admitted under a prefix"
+        );
         assert!(!facts.method_override_header);
         assert!(!meshguard_mesh::http::query_has_method_override(
             path.unwrap_or_default()
