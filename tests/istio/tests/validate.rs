@@ -82,11 +82,17 @@ fn every_rendering_passes_istioctl_validate_without_a_warning() {
 #[test]
 fn istioctl_validate_refuses_a_broken_wasm_plugin() {
     // The check can fail: a fail strategy Istio does not know is an error.
-    let broken = yaml(&RenderOptions::new(NS)).replacen(
-        "failStrategy: FAIL_CLOSE",
-        "failStrategy: FAIL_SOMETIMES",
-        1,
-    );
+    let rendered = yaml(&RenderOptions::new(NS));
+    let start = rendered
+        .find("failStrategy: ")
+        .map(|i| i + "failStrategy: ".len())
+        .expect("the rendering has a WasmPlugin failStrategy");
+    let end = start
+        + rendered[start..]
+            .find('\n')
+            .unwrap_or(rendered.len() - start);
+    let broken = format!("{}FAIL_SOMETIMES{}", &rendered[..start], &rendered[end..]);
+    assert_ne!(broken, rendered);
     let (ok, stdout, stderr) = validate("broken", &broken);
     assert!(!ok, "accepted:\n{stdout}{stderr}");
     assert!(
