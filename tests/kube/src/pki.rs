@@ -180,7 +180,6 @@ mod tests {
         let leaf = ca.issue("leaf", &["metrics-server.kube-system.svc", "127.0.0.1"])?;
         assert_eq!(certificates(&leaf.cert).len(), 1);
         assert!(leaf.key.starts_with("-----BEGIN PRIVATE KEY-----"));
-        assert!(ca.issue("bad", &["not a name!"]).is_err());
         Ok(())
     }
 
