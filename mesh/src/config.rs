@@ -4,6 +4,11 @@
 //! Parsing is strict: unknown fields, wrong types, invalid identities and limits exceeded are all
 //! errors that name the offending field (e.g. `allow[1].from`), because a filter that guesses at a
 //! configuration it does not understand is not fail-closed.
+//!
+//! Documents are read with the small strict reader in `json.rs` (a general JSON library was a
+//! fifth of each filter's module). The serde derives stay: `Serialize` writes the documents (the
+//! installer, `to_json`), and `Deserialize` is the independent reference the reader is tested
+//! against.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::is_method_token;
 use crate::identity::{validate_dns_label, SpiffeId};
+use crate::json::Reader;
 
 /// Largest configuration accepted, in bytes (4096 callers of about 100 bytes each fit).
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
@@ -117,7 +123,11 @@ pub struct MetricsConfig {
     pub peers: BTreeMap<String, String>,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ConfigError> {
+/// Checks a document's size and reads it with `read`, which must consume one value.
+fn parse_json<T>(
+    raw: &[u8],
+    read: impl FnOnce(&mut Reader<'_>) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::new(".", "configuration is empty"));
     }
@@ -130,19 +140,118 @@ fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ConfigErr
             ),
         ));
     }
-    let mut de = serde_json::Deserializer::from_slice(raw);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        // The path reads `.` for the document itself and `?` where the parser had not yet
-        // entered a field; both mean "the document".
-        let path = match e.path().to_string() {
-            p if p == "?" || p.is_empty() => ".".to_owned(),
-            p => p,
-        };
-        ConfigError::new(path, e.into_inner().to_string())
-    })?;
-    de.end()
-        .map_err(|e| ConfigError::new(".", format!("trailing data: {e}")))?;
+    let mut reader = Reader::new(raw);
+    let value = read(&mut reader)?;
+    reader.end()?;
     Ok(value)
+}
+
+/// Stores a field's value, refusing a field given twice.
+fn once<'a, T>(
+    r: &mut Reader<'a>,
+    slot: &mut Option<T>,
+    key: &str,
+    read: impl FnOnce(&mut Reader<'a>) -> Result<T, ConfigError>,
+) -> Result<(), ConfigError> {
+    if slot.is_some() {
+        return Err(r.error(format!("duplicate field `{key}`")));
+    }
+    *slot = Some(read(r)?);
+    Ok(())
+}
+
+/// A required field's value, or the error naming it.
+fn required<T>(r: &Reader<'_>, slot: Option<T>, key: &str) -> Result<T, ConfigError> {
+    slot.ok_or_else(|| r.error(format!("missing field `{key}`")))
+}
+
+fn unknown_field(r: &Reader<'_>, key: &str, known: &[&str]) -> ConfigError {
+    r.error(format!(
+        "unknown field `{key}`, expected one of `{}`",
+        known.join("`, `")
+    ))
+}
+
+/// An enum written as one of its `names`; `values` in the same order.
+fn variant<T: Copy>(r: &mut Reader<'_>, names: &[&str], values: &[T]) -> Result<T, ConfigError> {
+    let name = r.string()?;
+    names
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| values.get(i).copied())
+        .ok_or_else(|| {
+            r.error(format!(
+                "unknown variant `{name}`, expected one of `{}`",
+                names.join("`, `")
+            ))
+        })
+}
+
+fn strings(r: &mut Reader<'_>) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    r.array(|r| {
+        out.push(r.string()?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// An object of string values; a key given twice is an error.
+fn string_map(r: &mut Reader<'_>) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut map = BTreeMap::new();
+    r.object("a map", |r, key| {
+        let value = r.string()?;
+        match map.insert(key.to_owned(), value) {
+            None => Ok(()),
+            Some(_) => Err(r.error(format!("duplicate key `{key}`"))),
+        }
+    })?;
+    Ok(map)
+}
+
+impl Mode {
+    fn read(r: &mut Reader<'_>) -> Result<Self, ConfigError> {
+        variant(r, &["enforce", "dry_run"], &[Self::Enforce, Self::DryRun])
+    }
+}
+
+impl LogLevel {
+    fn read(r: &mut Reader<'_>) -> Result<Self, ConfigError> {
+        variant(
+            r,
+            &["trace", "debug", "info", "warn", "error"],
+            &[
+                Self::Trace,
+                Self::Debug,
+                Self::Info,
+                Self::Warn,
+                Self::Error,
+            ],
+        )
+    }
+}
+
+impl AllowEntry {
+    fn read(r: &mut Reader<'_>) -> Result<Self, ConfigError> {
+        let (mut from, mut service, mut methods, mut path_prefixes) = (None, None, None, None);
+        r.object("struct AllowEntry", |r, key| match key {
+            "from" => once(r, &mut from, key, Reader::string),
+            "service" => once(r, &mut service, key, Reader::string),
+            "methods" => once(r, &mut methods, key, strings),
+            "path_prefixes" => once(r, &mut path_prefixes, key, strings),
+            _ => Err(unknown_field(
+                r,
+                key,
+                &["from", "service", "methods", "path_prefixes"],
+            )),
+        })?;
+        Ok(Self {
+            from: required(r, from, "from")?,
+            service: required(r, service, "service")?,
+            methods: methods.unwrap_or_default(),
+            path_prefixes: path_prefixes.unwrap_or_default(),
+        })
+    }
 }
 
 fn check_service_name(field: &str, name: &str) -> Result<(), ConfigError> {
@@ -152,9 +261,56 @@ fn check_service_name(field: &str, name: &str) -> Result<(), ConfigError> {
 impl AuthzConfig {
     /// Parses and validates a configuration document.
     pub fn from_json(raw: &[u8]) -> Result<Self, ConfigError> {
-        let cfg: Self = parse_json(raw)?;
+        let cfg = parse_json(raw, Self::read)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, ConfigError> {
+        let (mut workload, mut identity, mut mode, mut log_level, mut allow, mut known_peers) =
+            (None, None, None, None, None, None);
+        r.object("struct AuthzConfig", |r, key| match key {
+            "workload" => once(r, &mut workload, key, Reader::string),
+            "identity" => once(r, &mut identity, key, |r| {
+                // `null` is the same as leaving the field out.
+                if r.null() {
+                    Ok(None)
+                } else {
+                    r.string().map(Some)
+                }
+            }),
+            "mode" => once(r, &mut mode, key, Mode::read),
+            "log_level" => once(r, &mut log_level, key, LogLevel::read),
+            "allow" => once(r, &mut allow, key, |r| {
+                let mut entries = Vec::new();
+                r.array(|r| {
+                    entries.push(AllowEntry::read(r)?);
+                    Ok(())
+                })?;
+                Ok(entries)
+            }),
+            "known_peers" => once(r, &mut known_peers, key, string_map),
+            _ => Err(unknown_field(
+                r,
+                key,
+                &[
+                    "workload",
+                    "identity",
+                    "mode",
+                    "log_level",
+                    "allow",
+                    "known_peers",
+                ],
+            )),
+        })?;
+        Ok(Self {
+            workload: required(r, workload, "workload")?,
+            identity: identity.flatten(),
+            mode: mode.unwrap_or_default(),
+            log_level: log_level.unwrap_or_default(),
+            allow: required(r, allow, "allow")?,
+            known_peers: known_peers.unwrap_or_default(),
+        })
     }
 
     /// Serializes to the JSON the filter reads.
@@ -247,9 +403,24 @@ impl AuthzConfig {
 impl MetricsConfig {
     /// Parses and validates a configuration document.
     pub fn from_json(raw: &[u8]) -> Result<Self, ConfigError> {
-        let cfg: Self = parse_json(raw)?;
+        let cfg = parse_json(raw, Self::read)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, ConfigError> {
+        let (mut workload, mut log_level, mut peers) = (None, None, None);
+        r.object("struct MetricsConfig", |r, key| match key {
+            "workload" => once(r, &mut workload, key, Reader::string),
+            "log_level" => once(r, &mut log_level, key, LogLevel::read),
+            "peers" => once(r, &mut peers, key, string_map),
+            _ => Err(unknown_field(r, key, &["workload", "log_level", "peers"])),
+        })?;
+        Ok(Self {
+            workload: required(r, workload, "workload")?,
+            log_level: log_level.unwrap_or_default(),
+            peers: peers.unwrap_or_default(),
+        })
     }
 
     /// Serializes to the JSON the filter reads.

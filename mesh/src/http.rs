@@ -68,39 +68,46 @@ pub enum PathProblem {
 /// would otherwise authorize a request for `/admin`.
 pub fn normalized_path(raw: &[u8]) -> Result<&str, PathProblem> {
     let s = std::str::from_utf8(raw).map_err(|_| PathProblem::Malformed)?;
-    let end = s.find(['?', '#']).unwrap_or(s.len());
-    let path = &s[..end];
-    if !path.starts_with('/') {
+    let end = raw
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(raw.len());
+    let path = raw.get(..end).unwrap_or_default();
+    if path.first() != Some(&b'/') {
         return Err(PathProblem::Malformed);
     }
     // A backslash, a `;` (path parameters: Tomcat, Spring and Jetty drop `;…` from each segment,
     // so `/orders/..;/admin` is `/admin` to them) or a control character can make the backend
     // resolve another path than the one matched.
     if path
-        .bytes()
-        .any(|b| b == b'\\' || b == b';' || b.is_ascii_control())
+        .iter()
+        .any(|&b| b == b'\\' || b == b';' || b.is_ascii_control())
     {
         return Err(PathProblem::NotNormalized);
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e", "%25", "%3b", "%00"]
-        .iter()
-        .any(|enc| lower.contains(enc))
-    {
+    // Percent-encoded `/` `\` `.` `%` `;` and NUL, in either case: %2f %5c %2e %25 %3b %00.
+    if path.windows(3).any(|w| match *w {
+        [b'%', hi, lo] => matches!(
+            (hi, lo.to_ascii_lowercase()),
+            (b'2', b'f' | b'e' | b'5') | (b'5', b'c') | (b'3', b'b') | (b'0', b'0')
+        ),
+        _ => false,
+    }) {
         return Err(PathProblem::NotNormalized);
     }
     // Every segment after the leading `/` must be non-empty and not `.` or `..`; a single trailing
     // `/` is allowed.
-    let body = &path[1..];
-    let body = body.strip_suffix('/').unwrap_or(body);
+    let body = path.get(1..).unwrap_or_default();
+    let body = body.strip_suffix(b"/").unwrap_or(body);
     if !body.is_empty()
         && body
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            .split(|&b| b == b'/')
+            .any(|seg| seg.is_empty() || seg == b"." || seg == b"..")
     {
         return Err(PathProblem::NotNormalized);
     }
-    Ok(path)
+    // `end` is at an ASCII byte or at the end, so it is a character boundary.
+    s.get(..end).ok_or(PathProblem::Malformed)
 }
 
 /// Request headers that ask a framework to run another method than `:method` (Express
@@ -295,6 +302,68 @@ mod tests {
         }
         assert_eq!(normalized_path(b"orders"), Err(PathProblem::Malformed));
         assert_eq!(normalized_path(b"/\xff"), Err(PathProblem::Malformed));
+    }
+
+    /// The string-based form this check had before it moved to bytes, kept to show the two agree.
+    fn normalized_path_by_strings(raw: &[u8]) -> Result<&str, PathProblem> {
+        let s = std::str::from_utf8(raw).map_err(|_| PathProblem::Malformed)?;
+        let path = &s[..s.find(['?', '#']).unwrap_or(s.len())];
+        if !path.starts_with('/') {
+            return Err(PathProblem::Malformed);
+        }
+        let lower = path.to_ascii_lowercase();
+        if path
+            .bytes()
+            .any(|b| b == b'\\' || b == b';' || b.is_ascii_control())
+            || ["%2f", "%5c", "%2e", "%25", "%3b", "%00"]
+                .iter()
+                .any(|enc| lower.contains(enc))
+        {
+            return Err(PathProblem::NotNormalized);
+        }
+        let body = &path[1..];
+        let body = body.strip_suffix('/').unwrap_or(body);
+        if !body.is_empty()
+            && body
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(PathProblem::NotNormalized);
+        }
+        Ok(path)
+    }
+
+    #[test]
+    fn byte_and_string_path_checks_agree() {
+        // Every path of up to 4 characters over an alphabet holding each special case.
+        let alphabet: &[&str] = &[
+            "/", ".", "%", "2", "f", "F", "5", "c", "3", "b", "0", "e", "?", "#", ";", "\\",
+            "\u{0}", "a", "\u{e9}",
+        ];
+        let mut paths = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for p in &paths {
+                for c in alphabet {
+                    next.push(format!("{p}{c}"));
+                }
+            }
+            for p in &next {
+                let with_slash = format!("/{p}");
+                for candidate in [p.as_bytes(), with_slash.as_bytes()] {
+                    assert_eq!(
+                        normalized_path(candidate),
+                        normalized_path_by_strings(candidate),
+                        "{candidate:?}"
+                    );
+                    checked += 1;
+                }
+            }
+            paths = next;
+        }
+        assert!(checked > 250_000);
+        assert_eq!(normalized_path(b"/a\xff"), Err(PathProblem::Malformed));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! - [`identity`]: SPIFFE workload identities (`spiffe://<td>/ns/<ns>/sa/<sa>`).
 //! - [`model`]: services and the call graph ([`Mesh::reference`] is user → order → payment).
-//! - [`config`]: the filters' JSON configuration, validated with errors that name the field.
+//! - [`config`]: the filters' JSON configuration, read strictly and validated, with errors that
+//!   name the field.
 //! - [`authz`]: the fail-closed authorization decision.
 //! - [`metrics`]: metric names and the Envoy tag rules that label them.
 //! - [`http`]: method, path, gRPC and status helpers.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod fasthash;
 pub mod http;
 pub mod identity;
+mod json;
 pub mod metrics;
 pub mod model;
 pub mod node;

@@ -10,7 +10,7 @@ pub mod alloc;
 #[global_allocator]
 static ALLOCATOR: alloc::SmallBlocks = alloc::SmallBlocks::new();
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use meshguard_mesh::fasthash::U64Map;
 use meshguard_mesh::{metrics, LogLevel};
@@ -150,10 +150,13 @@ pub fn log_level(level: LogLevel) -> log::Level {
 /// metric. A metric the host refuses is remembered as refused and not asked for again.
 ///
 /// Each series is also cached under a small integer key the filter computes from its label
-/// indices, so a request updates a metric with one hash of a `u64` and no name building.
+/// indices, so a request updates a metric with one hash of a `u64` and no name building. The
+/// by-name table is only consulted on a key's first use; it is a `BTreeMap` because std's
+/// `HashMap` seeds its hasher from WASI's random source, whose failure path alone (an errno's
+/// `Debug` text and the Unicode tables behind it) is several kilobytes of module.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ids: HashMap<String, Option<u32>>,
+    ids: BTreeMap<String, Option<u32>>,
     defined: usize,
     by_key: U64Map<Option<u32>>,
 }

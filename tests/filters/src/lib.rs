@@ -367,6 +367,9 @@ pub mod bench {
     pub const BUDGETS: [(&str, f64); 3] =
         [("authz-allow", 2.0), ("authz-deny", 3.0), ("metrics", 2.5)];
 
+    /// Largest `.wasm` of each filter, in KiB: every sidecar fetches and compiles each module.
+    pub const MODULE_BUDGET_KIB: u64 = 160;
+
     /// A host for a scenario as an Istio sidecar runs it: configured for the pod its
     /// configuration was rendered for ([`super::node_for`]), Envoy's Wasm log level at Istio's
     /// default, warning.

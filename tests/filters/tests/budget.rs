@@ -1,9 +1,13 @@
 //! The per-request cost budgets, in wasm instructions (wasmtime fuel, deterministic) against the
-//! empty filter measured in the same run: a regression guard without a timed test.
+//! empty filter measured in the same run: a regression guard without a timed test. And the size
+//! of each filter's `.wasm`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test assertions
 
-use meshguard_filter_tests::bench::{fuel_per_request, scaling, scenarios, BUDGETS};
+use meshguard_filter_tests::bench::{
+    fuel_per_request, scaling, scenarios, BUDGETS, MODULE_BUDGET_KIB,
+};
+use meshguard_filter_tests::{module, AUTHZ, METRICS};
 
 #[test]
 fn each_filter_stays_within_its_instruction_budget() -> anyhow::Result<()> {
@@ -47,5 +51,19 @@ fn the_decision_costs_the_same_for_3_or_3000_callers() -> anyhow::Result<()> {
         .fold((f64::MAX, 0f64), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
     // Flat: within 5 % (a longer probe now and then, never a scan of the callers).
     assert!(max <= min * 1.05, "{costs:?}");
+    Ok(())
+}
+
+#[test]
+fn each_module_stays_within_its_size_budget() -> anyhow::Result<()> {
+    let mut over = Vec::new();
+    for m in [AUTHZ, METRICS] {
+        let size = std::fs::metadata(module(m)?)?.len();
+        eprintln!("{m}.wasm: {size} bytes (budget {MODULE_BUDGET_KIB} KiB)");
+        if size > MODULE_BUDGET_KIB * 1024 {
+            over.push(format!("{m}.wasm {size} bytes > {MODULE_BUDGET_KIB} KiB"));
+        }
+    }
+    assert!(over.is_empty(), "over budget: {over:?}");
     Ok(())
 }
