@@ -32,14 +32,16 @@ pub(crate) struct Reader<'a> {
     path: Vec<Segment>,
 }
 
-/// The JSON types, as error messages name them.
-fn found_word(first: u8) -> Option<&'static str> {
-    Some(match first {
+/// The JSON type of the value `rest` starts with, as error messages name it; `None` if it does
+/// not start a value.
+fn found_word(rest: &[u8]) -> Option<&'static str> {
+    Some(match rest.first()? {
         b'"' => "string",
         b'{' => "map",
         b'[' => "sequence",
-        b't' | b'f' => "boolean",
-        b'n' => "null",
+        b't' if rest.starts_with(b"true") => "boolean",
+        b'f' if rest.starts_with(b"false") => "boolean",
+        b'n' if rest.starts_with(b"null") => "null",
         b'-' | b'0'..=b'9' => "number",
         _ => return None,
     })
@@ -113,10 +115,10 @@ impl<'a> Reader<'a> {
 
     /// The error for a value that is not what the field wants (`expected`), or not a value.
     fn invalid_type(&mut self, expected: &str) -> ConfigError {
-        let Some(first) = self.peek() else {
+        if self.peek().is_none() {
             return self.syntax("EOF while parsing a value");
-        };
-        match found_word(first) {
+        }
+        match found_word(self.src.get(self.pos..).unwrap_or_default()) {
             Some(found) => self.error(format!("invalid type: {found}, expected {expected}")),
             None => self.syntax("expected value"),
         }
@@ -361,6 +363,10 @@ mod tests {
             err.message.starts_with("EOF while parsing a value"),
             "{err}"
         );
+        let err = Reader::new(b" true").string().unwrap_err();
+        assert_eq!(err.message, "invalid type: boolean, expected a string");
+        let err = Reader::new(b"tru").string().unwrap_err();
+        assert_eq!(err.message, "expected value at line 1 column 1");
     }
 
     #[test]
