@@ -74,6 +74,28 @@ struct Found {
     resolved: Resolved,
 }
 
+/// The label the endpoints controller puts on the Endpoints it makes for each Service, beside
+/// the Service's own labels (k8s.io/kubernetes `pkg/controller/endpoint/endpoints_controller.go`,
+/// `LabelManagedBy`).
+const ENDPOINTS_MANAGED_BY: &str = "endpoints.kubernetes.io/managed-by";
+
+/// Whether a controller made `object` from one of ours, so that it goes with its source and is
+/// neither deleted nor listed on its own: children with an owner (ReplicaSets, Pods,
+/// EndpointSlices) and the Endpoints that carry a Service's labels.
+fn derived(object: &DynamicObject) -> bool {
+    let owned = object
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|o| !o.is_empty());
+    let managed_endpoints = object
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(ENDPOINTS_MANAGED_BY));
+    owned || managed_endpoints
+}
+
 /// Deletes everything meshctl installed into `namespace`.
 pub async fn uninstall(
     conn: &Connection,
@@ -103,13 +125,7 @@ pub async fn uninstall(
     let mut found: Vec<Found> = Vec::new();
     for (kind, objects) in searched.into_iter().zip(listed) {
         for object in objects? {
-            // Children (ReplicaSets, Pods, EndpointSlices) go with their owner.
-            if object
-                .metadata
-                .owner_references
-                .as_ref()
-                .is_some_and(|o| !o.is_empty())
-            {
+            if derived(&object) {
                 continue;
             }
             found.push(Found {

@@ -9,7 +9,8 @@
 //! - KEDA scales user-service from 1 to 4 on the rate of order-service's CPU and back to 1,
 //!   while the sum of the raw counter (the query of the original write-up) keeps its target
 //!   scaled up after the load ends;
-//! - uninstall also removes what the controllers derived (ReplicaSets, pods, KEDA's HPA).
+//! - uninstall also removes what the controllers derived (ReplicaSets, pods, KEDA's HPA), and
+//!   does not list the Endpoints the endpoints controller copied our labels onto as its own.
 //!
 //! Every wait is on a condition with a deadline; nothing sleeps for a fixed time to let
 //! something happen.
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use common::{meshctl_on, TestResult, AUTHZ_MODULE, METRICS_MODULE};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
@@ -213,8 +214,41 @@ async fn payment_service_runs_only_on_gpu_nodes_and_uninstall_removes_what_contr
         3
     );
 
+    // The endpoints controller copies each Service's labels, ours included, onto its Endpoints;
+    // uninstall leaves those to go with their Service instead of listing them as its own.
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), NS);
+    let ours = ListParams::default().labels(&meshguard_manifests::ownership_selector(NS));
+    wait_for(
+        "the endpoints controller's Endpoints, with our labels",
+        Duration::from_secs(60),
+        || async {
+            let n = endpoints.list(&ours).await?.items.len();
+            Ok(if n > 0 {
+                Ok(())
+            } else {
+                Err("none yet".to_owned())
+            })
+        },
+    )
+    .await?;
+
     let run = meshctl_on(cluster.api()?, "uninstall", &["--wait", "--timeout", "2m"]).await;
     assert_eq!(run.code, Some(0), "{}", run.dump());
+    let deleted: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("] deleted "))
+        .collect();
+    assert!(
+        deleted.iter().any(|l| l.contains(" deleted Service ")),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        !deleted.iter().any(|l| l.contains(" deleted Endpoints ")),
+        "uninstall listed the controller's Endpoints: {}",
+        run.dump()
+    );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     wait_for(
         "the namespace and everything in it gone",
