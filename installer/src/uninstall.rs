@@ -373,6 +373,32 @@ mod tests {
     }
 
     #[test]
+    fn what_controllers_made_is_left_to_them() {
+        let object = |value: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(value).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let ours = object(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "order-service", "labels": {"app.kubernetes.io/managed-by": "meshctl"}}
+        }));
+        let endpoints = object(serde_json::json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "order-service", "labels": {
+                "app.kubernetes.io/managed-by": "meshctl",
+                "endpoints.kubernetes.io/managed-by": "endpoint-controller"}}
+        }));
+        let replica_set = object(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "order-service-5d9", "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": "order-service",
+                "uid": "0b1c"}]}
+        }));
+        assert!(!derived(&ours));
+        assert!(derived(&endpoints));
+        assert!(derived(&replica_set));
+    }
+
+    #[test]
     fn deletes_in_reverse_apply_order() {
         let mut kinds = [
             resolved("", "ServiceAccount"),
