@@ -18,10 +18,10 @@ ensure_rust
 ensure_cargo_fuzz
 ensure_go
 
-step "Local cluster binaries and CRDs (first run builds Kubernetes, etcd, kwok, metrics-server, Prometheus and KEDA from Go modules: ~35 min)"
+step "Local cluster binaries and CRDs (first run builds Kubernetes, etcd, kwok, metrics-server, Prometheus and KEDA from Go modules: ~30 min)"
 eval "$(tests/kube/build-cluster-bins.sh)"
 
-step "Istio's own code and the distribution registry for the Istio checks (first run builds them from Go modules: ~13 min)"
+step "Istio's own code and the distribution registry for the Istio checks (first run builds them from Go modules: ~5 min after the cluster's build, which fills most of their Go cache)"
 eval "$(tests/istio/build.sh)"
 
 step "Formatting (cargo fmt --check)"
