@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -474,26 +475,63 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
-/// `N` distinct free loopback ports. The listeners are held together so the
-/// ports differ, then released for the processes to bind; another process may
-/// grab one in between, which `TestCluster::start` retries.
+/// `N` distinct loopback ports, free when returned, for a cluster's components to listen on.
+///
+/// They come from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`). A port in
+/// that range can be handed out by the kernel itself, to a `bind` on port 0 or as the source port
+/// of an outgoing connection, and a starting cluster opens hundreds of those on loopback: one of
+/// them taking a port between this check and the component's own bind fails the start with
+/// "address already in use". Below the range only explicit binds compete, and a cursor shared by
+/// the whole process never offers one port twice, so clusters started in parallel by the tests
+/// of one binary do not meet. `TestCluster::start` still retries a clash with another process.
 pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let bind = || {
-        TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .map_err(|e| Error::io("cannot bind a loopback port", e))
-    };
-    let mut listeners = Vec::with_capacity(N);
-    for _ in 0..N {
-        listeners.push(bind()?);
-    }
+    static CURSOR: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = listening_range();
+    let span = u32::from(high - low) + 1;
+    // Processes start at different places, so two test binaries rarely probe the same ports.
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    let mut held = Vec::with_capacity(N);
     let mut ports = [0u16; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener
-            .local_addr()
-            .map_err(|e| Error::io("cannot read a bound port", e))?
-            .port();
+    let mut probes = 0;
+    for port in ports.iter_mut() {
+        loop {
+            if probes == span {
+                return Err(Error::io(
+                    format!("no free loopback port in {low}..={high}"),
+                    std::io::ErrorKind::AddrInUse.into(),
+                ));
+            }
+            probes += 1;
+            let step = CURSOR.fetch_add(1, Ordering::Relaxed);
+            let candidate = low + ((offset + step) % span) as u16;
+            if let Ok(listener) =
+                TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, candidate)))
+            {
+                // Held until all are found, so the ports differ from each other.
+                held.push(listener);
+                *port = candidate;
+                break;
+            }
+        }
     }
     Ok(ports)
+}
+
+/// The ports [`free_ports`] draws from: the upper half of those below the ephemeral range
+/// (16384-32767 with Linux's default 32768-60999), or 20000-29999 where that range starts too
+/// low to leave room.
+fn listening_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.saturating_sub(1);
+    let low = high / 2;
+    if low < 10000 {
+        (20000, 29999)
+    } else {
+        (low + 1, high)
+    }
 }
 
 fn is_port_clash(e: &Error) -> bool {
@@ -620,5 +658,26 @@ async fn wait_apiserver_ready(
             return Err(not_ready(apiserver, "kube-apiserver", timeout, last));
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_differ_and_stay_below_the_ephemeral_range() {
+        let (low, high) = listening_range();
+        if let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+            let ephemeral_low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+            assert!(ephemeral_low < 20000 || high < ephemeral_low, "{range}");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            for port in free_ports::<9>().unwrap() {
+                assert!((low..=high).contains(&port), "{port}");
+                assert!(seen.insert(port), "{port} offered twice");
+            }
+        }
     }
 }
