@@ -289,9 +289,9 @@ async fn list_ours(
     }
 }
 
-/// Objects in the namespace that meshctl did not create: not labelled ours, not owned by another
-/// object, not one of the defaults every namespace gets. Also returns the kinds that could not
-/// be listed.
+/// Objects in the namespace that meshctl did not create: not labelled ours, not made by a
+/// controller from another object ([`derived`]: they go with it), not one of the defaults every
+/// namespace gets. Also returns the kinds that could not be listed.
 async fn foreign_objects(
     client: &Client,
     kinds: &[Resolved],
@@ -321,15 +321,10 @@ async fn foreign_objects(
             }
         };
         for o in items {
-            let owned = o
-                .metadata
-                .owner_references
-                .as_ref()
-                .is_some_and(|r| !r.is_empty());
             let default = NAMESPACE_DEFAULTS
                 .iter()
                 .any(|(k, n)| *k == kind.resource.kind && *n == o.name_any());
-            if !owned && !default && !is_ours(o.labels(), namespace) {
+            if !derived(&o) && !default && !is_ours(o.labels(), namespace) {
                 others.push(resources::object_ref_of(&o, &kind.resource.kind));
             }
         }
