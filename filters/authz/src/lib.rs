@@ -1,8 +1,8 @@
 //! meshguard identity authorization filter.
 //!
 //! Runs in the inbound (server-side) sidecar of one workload. At configuration it checks, from
-//! Envoy's `node` property (Istio's node metadata), that it runs in the workload it was configured
-//! for. For each request it reads the mTLS facts Envoy exposes (`connection.mtls`,
+//! Envoy's `xds.node` property (Istio's node metadata), that it runs in the workload it was
+//! configured for. For each request it reads the mTLS facts Envoy exposes (`connection.mtls`,
 //! `connection.uri_san_peer_certificate`, and `connection.uri_san_local_certificate` when the node
 //! metadata could not confirm the workload) and, when the caller's rule narrows by them, the
 //! request's `:method`, method overrides and `:path`, and asks the compiled policy
@@ -117,6 +117,10 @@ impl RootContext for AuthzRoot {
         match Authorizer::from_json(&raw) {
             Ok(mut a) => {
                 let node = common::property(common::PROP_NODE).and_then(|raw| {
+                    log::debug!(
+                        "meshguard-authz: node metadata read from xds.node ({} bytes)",
+                        raw.len()
+                    );
                     NodeFacts::from_node_proto(&raw)
                         .map_err(|e| log::warn!("meshguard-authz: {e}"))
                         .ok()
@@ -129,7 +133,10 @@ impl RootContext for AuthzRoot {
                     WorkloadCheck::PerRequest => log::info!(
                         "meshguard-authz: the node metadata does not name this workload's namespace and service account; checking each request's local certificate"
                     ),
-                    WorkloadCheck::Confirmed | WorkloadCheck::NameOnly => {}
+                    WorkloadCheck::Confirmed | WorkloadCheck::NameOnly => log::info!(
+                        "meshguard-authz: workload {} confirmed by the node metadata",
+                        a.workload()
+                    ),
                 }
                 log::info!(
                     "meshguard-authz: protecting {} in {} mode",

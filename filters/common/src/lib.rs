@@ -22,10 +22,16 @@ pub const PROP_MTLS: &[u8] = b"connection\0mtls";
 pub const PROP_PEER_URI_SAN: &[u8] = b"connection\0uri_san_peer_certificate";
 /// Envoy's property holding the first URI SAN of the local (this sidecar's) certificate.
 pub const PROP_LOCAL_URI_SAN: &[u8] = b"connection\0uri_san_local_certificate";
+/// Envoy's property holding the request's total duration so far (a duration, which the Wasm host
+/// serializes as int64 nanoseconds, little endian); present in `on_log`.
+pub const PROP_REQUEST_DURATION: &[u8] = b"request\0duration";
 /// Envoy's property holding the response code (int64, little endian).
 pub const PROP_RESPONSE_CODE: &[u8] = b"response\0code";
-/// Envoy's `node` property: the proxy's `envoy.config.core.v3.Node`, serialized protobuf.
-pub const PROP_NODE: &[u8] = b"node";
+/// Envoy's `xds.node` property: the proxy's `envoy.config.core.v3.Node`, serialized protobuf.
+/// Envoy 1.33 removed the top-level `node` property (changelogs/1.33.0.yaml, envoy PR #36619);
+/// every Envoy an Istio release still supported ships (1.36 and later) answers `node` with
+/// NotFound and serves the node only here.
+pub const PROP_NODE: &[u8] = b"xds\0node";
 
 /// The plugin configuration handed to `on_configure`, or `None` if the host has none.
 pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {

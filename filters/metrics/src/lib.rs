@@ -3,7 +3,7 @@
 //! Runs in the inbound sidecar of one workload and, when each stream ends (`on_log`, which Envoy
 //! calls for every stream, including those a filter before it answered locally), counts the
 //! request by source service, destination, method and response-code class and records its
-//! duration. The metrics are defined through the Proxy-Wasm metrics API, so Envoy exports them on
+//! duration (Envoy's `request.duration`). The metrics are defined through the Proxy-Wasm metrics API, so Envoy exports them on
 //! its Prometheus endpoint (see docs/metrics.md for the Istio settings that label them).
 //!
 //! A gRPC or gRPC-web response is classed by its `grpc-status` (as Envoy's `grpcToHttpStatus`
@@ -204,8 +204,17 @@ impl HttpContext for MetricsStream {
             });
             // A stream a filter before us answered locally never reached our request headers:
             // it has no start time of ours, so it is counted but not timed.
-            if let (Some(start), Some(end)) = (self.started_ns, common::now_nanos()) {
-                let ms = end.saturating_sub(start) / 1_000_000;
+            // Envoy's `request.duration` covers every stream, including one an earlier filter
+            // answered locally, for which this filter's request-headers callback never runs;
+            // the start time taken there is for hosts without that property.
+            let nanos = common::int_property(common::PROP_REQUEST_DURATION)
+                .and_then(|d| u64::try_from(d).ok())
+                .or_else(|| {
+                    let (start, end) = (self.started_ns?, common::now_nanos()?);
+                    Some(end.saturating_sub(start))
+                });
+            if let Some(nanos) = nanos {
+                let ms = nanos / 1_000_000;
                 m.record_keyed(
                     duration_key,
                     || metrics::request_duration(source, &s.workload, class),

@@ -143,7 +143,7 @@ pub fn node_for(config: &[u8]) -> Properties {
         None
     };
     match facts {
-        Some(f) => Properties::new().with(&["node"], f.to_node_proto()),
+        Some(f) => Properties::new().with(&["xds", "node"], f.to_node_proto()),
         None => Properties::new(),
     }
 }

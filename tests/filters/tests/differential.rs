@@ -306,7 +306,7 @@ fn the_compiled_filter_decides_as_the_native_authorizer() -> anyhow::Result<()> 
         let node = random_node(&mut r, &shape);
         let mut root = Properties::new();
         if let Some(node) = &node {
-            root.set(&["node"], node.clone());
+            root.set(&["xds", "node"], node.clone());
         }
         let mut host = Host::builder(&path)
             .plugin_config(config.clone())

@@ -13,7 +13,7 @@ use proxy_wasm_host::{Host, HttpOutcome, Properties, RequestSpec, ResponseSpec, 
 fn host(s: &Scenario) -> anyhow::Result<(Host, bool)> {
     let mut root = Properties::new();
     if let Some(node) = &s.node {
-        root.set(&["node"], node.clone());
+        root.set(&["xds", "node"], node.to_node_proto());
     }
     let mut b = Host::builder(module(s.filter.module())?)
         .plugin_config(s.config.clone())
@@ -42,6 +42,9 @@ fn check(s: &Scenario, i: usize, expect: &Expect, out: &HttpOutcome) {
         Expect::Reset => {
             assert!(!out.forwarded_upstream, "{at}: forwarded");
             assert!(out.reset, "{at}: stream not reset");
+        }
+        Expect::ForwardAs(_) | Expect::EnvoyReply(_) | Expect::EnvoyReplyGrpc(_) => {
+            panic!("{at}: an expectation only Envoy has (Request::envoy), not a host's")
         }
         Expect::Deny(r) | Expect::DenyGrpc(r) | Expect::DenyGrpcWeb(r, _) => {
             let local = local.unwrap_or_else(|| panic!("{at}: no local reply"));

@@ -194,14 +194,14 @@ fn start(host: &Host, module: &Module, s: &Scenario) -> (Run, bool) {
         .unwrap_or_else(|e| panic!("{}: instantiate: {e}", s.name));
     let mut root_state = Stream::default();
     if let Some(node) = &s.node {
-        root_state.properties.insert(key(&["node"]), node.clone());
+        root_state.properties.insert(key(&["xds", "node"]), node.to_node_proto());
     }
     let plugin = PluginConfig::new()
         .with_name(s.filter.module())
         .with_root_id(s.filter.module())
         .with_configuration(s.config.clone());
     // By hand rather than `Guest::start`, which serves the root only `plugin_*` properties:
-    // Envoy serves a root context the `node` property too.
+    // Envoy serves a root context the `xds.node` property too.
     let (answer, _) = guest.with(root_state, |scope| {
         let root = scope.on_context_create(None)?;
         let started = scope.on_vm_start(root)?;
@@ -330,6 +330,9 @@ fn check(s: &Scenario, i: usize, r: &Request, out: &Outcome) {
         Expect::Reset => {
             assert!(!out.forwarded, "{at}: forwarded");
             assert!(out.closed, "{at}: not reset");
+        }
+        Expect::ForwardAs(_) | Expect::EnvoyReply(_) | Expect::EnvoyReplyGrpc(_) => {
+            panic!("{at}: an expectation only Envoy has (Request::envoy), not a host's")
         }
         Expect::Deny(reason) | Expect::DenyGrpc(reason) | Expect::DenyGrpcWeb(reason, _) => {
             let l = local.unwrap_or_else(|| panic!("{at}: no local reply"));

@@ -1284,9 +1284,8 @@ fn local_reply(local: &LocalResponse, request: &Headers) -> (Headers, Vec<u8>) {
     let is_grpc = request
         .get("content-type")
         .map(|ct| {
-            ct == b"application/grpc"
-                || ct.starts_with(b"application/grpc+")
-                || ct.starts_with(b"application/grpc;")
+            // Envoy's Grpc::Common::hasGrpcContentType: no parameters (`;…`).
+            ct == b"application/grpc" || ct.starts_with(b"application/grpc+")
         })
         .unwrap_or(false);
     if is_grpc {

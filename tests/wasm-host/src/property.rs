@@ -103,7 +103,7 @@ pub fn path(segments: &[&str]) -> Vec<u8> {
 /// let props = Properties::new()
 ///     .mtls_peer("spiffe://cluster.local/ns/shop/sa/frontend")
 ///     .with(&["source", "address"], property::string("10.0.0.7:51000"))
-///     .with(&["node", "id"], property::string("sidecar~10.0.0.9~backend"));
+///     .with(&["xds", "cluster_name"], property::string("inbound|5000||"));
 /// assert_eq!(props.get(&["connection", "mtls"]), Some(&[1u8][..]));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

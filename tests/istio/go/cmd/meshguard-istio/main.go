@@ -25,6 +25,12 @@
 //	    go-control-plane's Bootstrap type. Prints a JSON array, one entry per Deployment, with
 //	    the resulting stats_config.
 //
+//	meshguard-istio sidecar-bootstrap [--template PATH] FILE
+//	    The same steps, without the merge: prints a JSON array, one entry per Deployment, with the
+//	    whole bootstrap pilot-agent writes for its pod (`bootstrap`) and the bootstrap override as
+//	    JSON (`override`), which tests hand to a real Envoy as --config-yaml, as pilot-agent does,
+//	    so that Envoy itself merges it.
+//
 //	meshguard-istio validate FILE
 //	    `istioctl validate -f FILE` (istioctl/pkg/validate).
 //
@@ -89,6 +95,8 @@ func main() {
 		err = cmdInjectorConfigMap(os.Args[2:])
 	case "sidecar-stats":
 		err = cmdSidecarStats(os.Args[2:])
+	case "sidecar-bootstrap":
+		err = cmdSidecarBootstrap(os.Args[2:])
 	case "validate":
 		err = cmdValidate(os.Args[2:])
 	case "fetch":
@@ -103,7 +111,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | validate FILE | fetch [--insecure] [--pull-secret FILE] URL SHA256 OUT")
+	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | sidecar-bootstrap [--template PATH] FILE | validate FILE | fetch [--insecure] [--pull-secret FILE] URL SHA256 OUT")
 	os.Exit(2)
 }
 
@@ -413,7 +421,16 @@ func cmdSidecarStats(args []string) error {
 	return enc.Encode(out)
 }
 
-func statsOf(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.ConfigMap, template string) (*sidecarStats, error) {
+// generatedSidecar is what pilot-agent starts Envoy with for one Deployment's pod: the bootstrap
+// Istio's generator writes, and the bootstrap override (as JSON) it hands Envoy as --config-yaml.
+type generatedSidecar struct {
+	Deployment        string          `json:"deployment"`
+	Bootstrap         json.RawMessage `json:"bootstrap"`
+	BootstrapOverride string          `json:"bootstrap_override,omitempty"`
+	OverrideJSON      json.RawMessage `json:"override,omitempty"`
+}
+
+func generateSidecar(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.ConfigMap, template string) (*generatedSidecar, error) {
 	pod, err := injectPod(inj, d)
 	if err != nil {
 		return nil, err
@@ -451,17 +468,7 @@ func statsOf(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.Config
 	if err := bootstrap.New(bootstrap.Config{Node: node}).WriteTo(template, &buf); err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
 	}
-	var generated struct {
-		StatsConfig json.RawMessage `json:"stats_config"`
-	}
-	if err := json.Unmarshal(buf.Bytes(), &generated); err != nil {
-		return nil, fmt.Errorf("generated bootstrap is not JSON: %w", err)
-	}
-	stats := &metricsv3.StatsConfig{}
-	if err := protojson.Unmarshal(generated.StatsConfig, stats); err != nil {
-		return nil, fmt.Errorf("generated stats_config: %w", err)
-	}
-	result := &sidecarStats{Deployment: d.Name}
+	out := &generatedSidecar{Deployment: d.Name, Bootstrap: buf.Bytes()}
 	if path := env["ISTIO_BOOTSTRAP_OVERRIDE"]; path != "" {
 		content, err := mountedFile(pod, c, cms, path)
 		if err != nil {
@@ -472,8 +479,31 @@ func statsOf(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.Config
 		if err != nil {
 			return nil, fmt.Errorf("bootstrap override: %w", err)
 		}
+		out.BootstrapOverride = path
+		out.OverrideJSON = js
+	}
+	return out, nil
+}
+
+func statsOf(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.ConfigMap, template string) (*sidecarStats, error) {
+	gen, err := generateSidecar(inj, d, cms, template)
+	if err != nil {
+		return nil, err
+	}
+	var generated struct {
+		StatsConfig json.RawMessage `json:"stats_config"`
+	}
+	if err := json.Unmarshal(gen.Bootstrap, &generated); err != nil {
+		return nil, fmt.Errorf("generated bootstrap is not JSON: %w", err)
+	}
+	stats := &metricsv3.StatsConfig{}
+	if err := protojson.Unmarshal(generated.StatsConfig, stats); err != nil {
+		return nil, fmt.Errorf("generated stats_config: %w", err)
+	}
+	result := &sidecarStats{Deployment: d.Name}
+	if gen.BootstrapOverride != "" {
 		override := &bootstrapv3.Bootstrap{}
-		if err := protojson.Unmarshal(js, override); err != nil {
+		if err := protojson.Unmarshal(gen.OverrideJSON, override); err != nil {
 			return nil, fmt.Errorf("bootstrap override is not an Envoy Bootstrap: %w", err)
 		}
 		if err := override.ValidateAll(); err != nil {
@@ -482,7 +512,7 @@ func statsOf(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.Config
 		if override.StatsConfig != nil {
 			proto.Merge(stats, override.StatsConfig)
 		}
-		result.BootstrapOverride = path
+		result.BootstrapOverride = gen.BootstrapOverride
 	}
 	if err := stats.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("merged stats_config fails Envoy's field validation: %w", err)
@@ -493,6 +523,35 @@ func statsOf(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.Config
 	}
 	result.StatsConfig = b
 	return result, nil
+}
+
+// cmdSidecarBootstrap prints, for every Deployment in FILE, the generated bootstrap and the
+// bootstrap override, for tests that start Envoy itself with them.
+func cmdSidecarBootstrap(args []string) error {
+	fs := flag.NewFlagSet("sidecar-bootstrap", flag.ContinueOnError)
+	self, _ := os.Executable()
+	template := fs.String("template", filepath.Join(filepath.Dir(self), "envoy_bootstrap.json"),
+		"Istio's bootstrap template (the proxy image's /var/lib/istio/envoy/envoy_bootstrap_tmpl.json)")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		usage()
+	}
+	objs, err := readObjects(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	inj, err := loadInjection(false)
+	if err != nil {
+		return err
+	}
+	var out []generatedSidecar
+	for _, d := range objs.deployments {
+		g, err := generateSidecar(inj, d, objs.configMaps, *template)
+		if err != nil {
+			return fmt.Errorf("%s: %w", d.Name, err)
+		}
+		out = append(out, *g)
+	}
+	return json.NewEncoder(os.Stdout).Encode(out)
 }
 
 func cmdValidate(args []string) error {

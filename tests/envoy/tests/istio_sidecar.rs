@@ -1,0 +1,480 @@
+//! The filters in Envoy started as Istio's agent starts a sidecar: the node and `stats_config` of
+//! the bootstrap Istio's generator writes for the rendered Deployment, meshctl's bootstrap override
+//! merged by Envoy itself (`--config-yaml`), and the Deployment's WasmPlugins as meshctl renders
+//! them, in Istio's phase order.
+//!
+//! - **Metrics.** After a known mix of requests, `/stats/prometheus` (what the sidecar's
+//!   `:15090/stats/prometheus` serves) has every series docs/metrics.md documents, with exactly its
+//!   labels and the counts of the requests sent, and no `meshguard_` series with labels left in
+//!   its name.
+//! - **Workload check.** The authorization filter reads the node Istio's agent writes through
+//!   `xds.node`: in its own workload's sidecar it confirms the workload at configuration; another
+//!   workload's policy in that sidecar denies every request with `wrong_workload`.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test assertions
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meshguard_envoy_tests::client::{Call, Caller, Protocol};
+use meshguard_envoy_tests::envoy::StartOptions;
+use meshguard_envoy_tests::istio::{generated_sidecars, GeneratedSidecar};
+use meshguard_envoy_tests::pki::Ca;
+use meshguard_envoy_tests::sidecar::{self, Plugin, Sidecar, TlsChain};
+use meshguard_envoy_tests::stats::{self, Sample};
+use meshguard_envoy_tests::upstream::{App, STATUS_HEADER};
+use meshguard_envoy_tests::{module, Envoy, EnvoyBinary};
+use serde_json::Value;
+
+const NS: &str = "meshguard";
+
+fn identity(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/{NS}/sa/{sa}")
+}
+
+fn server_name(service: &str) -> String {
+    format!("{service}.{NS}.svc.cluster.local")
+}
+
+struct Mesh {
+    objects: Vec<Value>,
+    sidecars: Vec<GeneratedSidecar>,
+    dir: std::path::PathBuf,
+}
+
+fn mesh(name: &str) -> Mesh {
+    let dir = std::env::temp_dir().join(format!("meshguard-envoy-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let objects = sidecar::rendered(NS).unwrap();
+    let mesh = meshguard_mesh::Mesh::reference(NS).unwrap();
+    let yaml = meshguard_manifests::to_yaml(
+        &meshguard_manifests::render(&mesh, &meshguard_manifests::RenderOptions::new(NS)).unwrap(),
+    )
+    .unwrap();
+    let sidecars = generated_sidecars(&yaml, &dir).unwrap();
+    Mesh {
+        objects,
+        sidecars,
+        dir,
+    }
+}
+
+impl Mesh {
+    fn sidecar(&self, deployment: &str) -> &GeneratedSidecar {
+        self.sidecars
+            .iter()
+            .find(|s| s.deployment == deployment)
+            .unwrap_or_else(|| panic!("no sidecar for {deployment}"))
+    }
+
+    /// The rendered WasmPlugins of `policy_of` (in Istio's order), for modules from the build.
+    fn plugins(&self, policy_of: &str) -> Vec<Plugin> {
+        sidecar::wasm_plugins_for(&self.objects, policy_of)
+            .into_iter()
+            .map(|o| {
+                let stem = match o["spec"]["pluginName"].as_str() {
+                    Some("meshguard-authz") => "meshguard_authz",
+                    Some("meshguard-metrics") => "meshguard_metrics",
+                    other => panic!("unknown plugin {other:?}"),
+                };
+                Plugin::from_wasm_plugin(o, module(stem).unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    /// Envoy as order-service's sidecar, with `policy_of`'s WasmPlugins.
+    fn start(
+        &self,
+        bin: &EnvoyBinary,
+        ca: &Ca,
+        app: &App,
+        deployment: &str,
+        policy_of: &str,
+        name: &str,
+    ) -> Envoy {
+        let generated = self.sidecar(deployment);
+        let dir = self.dir.join(name);
+        let s = Sidecar {
+            dir: dir.clone(),
+            node: generated.node(),
+            stats_config: generated.stats_config(),
+            ca_pem: ca.cert_pem(),
+            chains: vec![TlsChain {
+                server_name: None,
+                cert: ca
+                    .issue(Some(&identity(deployment)), &server_name(deployment))
+                    .unwrap(),
+            }],
+            plaintext: false,
+            plugins: self.plugins(policy_of),
+            upstream: app.addr,
+        };
+        let opts = StartOptions {
+            config_yaml: generated.config_yaml(),
+            component_log_level: "wasm:debug".into(),
+            ..StartOptions::default()
+        };
+        Envoy::start(bin, &dir, &s.bootstrap().unwrap(), &opts).unwrap()
+    }
+}
+
+async fn send(
+    envoy: &Envoy,
+    caller: &Caller,
+    service: &str,
+    method: &str,
+    upstream_status: u16,
+    proto: Protocol,
+) -> u16 {
+    let mut call = Call::get("/orders?user_id=7");
+    call.method = method.into();
+    call.headers.push((
+        STATUS_HEADER.into(),
+        upstream_status.to_string().into_bytes(),
+    ));
+    caller
+        .send(
+            envoy.listener(sidecar::LISTENER).unwrap(),
+            &server_name(service),
+            proto,
+            &call,
+        )
+        .await
+        .unwrap()
+        .status
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn value(samples: &[Sample], name: &str, want: &BTreeMap<String, String>) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.name == name && &s.labels == want)
+        .map(|s| s.value)
+}
+
+fn metrics_in(bin: &EnvoyBinary) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = mesh(&format!("metrics-{}", bin.version));
+    let ca = Ca::new().unwrap();
+    let app = rt.block_on(App::start()).unwrap();
+    let envoy = m.start(bin, &ca, &app, "order-service", "order-service", "order");
+    let caller = |sa: &str| {
+        Caller::new(&ca.cert_pem(), Some(ca.issue(Some(sa), "c.test").unwrap())).unwrap()
+    };
+    let user = caller(&identity("user-service"));
+    let payment = caller(&identity("payment-service"));
+    let intruder = caller("spiffe://cluster.local/ns/other/sa/intruder");
+    rt.block_on(async {
+        for proto in [Protocol::Http1, Protocol::Http2, Protocol::Http2] {
+            assert_eq!(
+                send(&envoy, &user, "order-service", "GET", 200, proto).await,
+                200
+            );
+        }
+        for _ in 0..2 {
+            assert_eq!(
+                send(&envoy, &user, "order-service", "POST", 503, Protocol::Http2).await,
+                503
+            );
+            assert_eq!(
+                send(
+                    &envoy,
+                    &payment,
+                    "order-service",
+                    "GET",
+                    200,
+                    Protocol::Http1
+                )
+                .await,
+                403
+            );
+        }
+        assert_eq!(
+            send(
+                &envoy,
+                &intruder,
+                "order-service",
+                "DELETE",
+                200,
+                Protocol::Http2
+            )
+            .await,
+            403
+        );
+    });
+    // The metrics filter counts in on_log, after the response; Envoy exports histograms as of
+    // its last stats flush (every 5 s by default). Wait until both show all 8 requests.
+    let want_total = 8.0;
+    let mut samples = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let text = envoy.admin_get("/stats/prometheus").unwrap();
+        samples = stats::parse(&text).unwrap();
+        let sum = |name: &str| -> f64 {
+            samples
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.value)
+                .sum()
+        };
+        if sum("meshguard_requests_total") >= want_total
+            && sum("meshguard_request_duration_milliseconds_count") >= want_total
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ours: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name.starts_with("meshguard_"))
+        .collect();
+    let documented = [
+        "meshguard_requests_total",
+        "meshguard_request_duration_milliseconds_bucket",
+        "meshguard_request_duration_milliseconds_sum",
+        "meshguard_request_duration_milliseconds_count",
+        "meshguard_allowed_total",
+        "meshguard_denials_total",
+    ];
+    for s in &ours {
+        assert!(
+            documented.contains(&s.name.as_str()),
+            "Envoy {}: series with labels left in its name: {} {:?}",
+            bin.version,
+            s.name,
+            s.labels
+        );
+    }
+    let od = ("destination", "order-service");
+    let expect = [
+        (
+            "meshguard_requests_total",
+            labels(&[
+                ("source", "user-service"),
+                od,
+                ("method", "GET"),
+                ("code_class", "2xx"),
+            ]),
+            3.0,
+        ),
+        (
+            "meshguard_requests_total",
+            labels(&[
+                ("source", "user-service"),
+                od,
+                ("method", "POST"),
+                ("code_class", "5xx"),
+            ]),
+            2.0,
+        ),
+        (
+            "meshguard_requests_total",
+            labels(&[
+                ("source", "payment-service"),
+                od,
+                ("method", "GET"),
+                ("code_class", "4xx"),
+            ]),
+            2.0,
+        ),
+        (
+            "meshguard_requests_total",
+            labels(&[
+                ("source", "unknown"),
+                od,
+                ("method", "DELETE"),
+                ("code_class", "4xx"),
+            ]),
+            1.0,
+        ),
+        (
+            "meshguard_allowed_total",
+            labels(&[("source", "user-service"), od]),
+            5.0,
+        ),
+        (
+            "meshguard_denials_total",
+            labels(&[
+                ("source", "payment-service"),
+                od,
+                ("reason", "unknown_peer"),
+                ("mode", "enforce"),
+            ]),
+            2.0,
+        ),
+        (
+            "meshguard_denials_total",
+            labels(&[
+                ("source", "unknown"),
+                od,
+                ("reason", "unknown_peer"),
+                ("mode", "enforce"),
+            ]),
+            1.0,
+        ),
+        (
+            "meshguard_request_duration_milliseconds_count",
+            labels(&[("source", "user-service"), od, ("code_class", "2xx")]),
+            3.0,
+        ),
+        (
+            "meshguard_request_duration_milliseconds_count",
+            labels(&[("source", "user-service"), od, ("code_class", "5xx")]),
+            2.0,
+        ),
+        (
+            "meshguard_request_duration_milliseconds_count",
+            labels(&[("source", "payment-service"), od, ("code_class", "4xx")]),
+            2.0,
+        ),
+        (
+            "meshguard_request_duration_milliseconds_count",
+            labels(&[("source", "unknown"), od, ("code_class", "4xx")]),
+            1.0,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, l, v) in &expect {
+        let got = value(&samples, name, l);
+        if got != Some(*v) {
+            failures.push(format!("{name}{l:?}: {got:?}, want {v}"));
+        }
+    }
+    // Nothing else: every counter series is one of those above.
+    let counted: usize = ours
+        .iter()
+        .filter(|s| !s.name.starts_with("meshguard_request_duration"))
+        .count();
+    let want_counted = expect
+        .iter()
+        .filter(|(n, _, _)| !n.starts_with("meshguard_request_duration"))
+        .count();
+    if counted != want_counted {
+        failures.push(format!(
+            "{counted} counter series, want {want_counted}: {ours:?}"
+        ));
+    }
+    // Histogram buckets carry `le` besides the documented labels.
+    for s in ours.iter().filter(|s| s.name.ends_with("_bucket")) {
+        let keys: Vec<&str> = s.labels.keys().map(String::as_str).collect();
+        if keys != ["code_class", "destination", "le", "source"] {
+            failures.push(format!("bucket labels {keys:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "Envoy {}: /stats/prometheus differs from docs/metrics.md:\n{}\n{}",
+        bin.version,
+        failures.join("\n"),
+        ours.iter()
+            .map(|s| format!("{} {:?} {}", s.name, s.labels, s.value))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&m.dir);
+}
+
+#[test]
+fn documented_series_with_their_labels_and_counts_in_envoy_of_the_istio_line() {
+    metrics_in(&EnvoyBinary::istio().unwrap());
+}
+
+#[test]
+fn documented_series_with_their_labels_and_counts_in_the_newest_envoy() {
+    metrics_in(&EnvoyBinary::all().unwrap()[1]);
+}
+
+#[test]
+fn the_workload_check_reads_istios_node_metadata_through_xds_node() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = mesh("workload");
+    let bin = EnvoyBinary::istio().unwrap();
+    let ca = Ca::new().unwrap();
+    let app = rt.block_on(App::start()).unwrap();
+    let user = Caller::new(
+        &ca.cert_pem(),
+        Some(ca.issue(Some(&identity("user-service")), "c.test").unwrap()),
+    )
+    .unwrap();
+    let order = Caller::new(
+        &ca.cert_pem(),
+        Some(
+            ca.issue(Some(&identity("order-service")), "c.test")
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+
+    // Its own policy in order-service's sidecar: the node names the workload, nothing to check
+    // per request, user-service admitted.
+    let own = m.start(&bin, &ca, &app, "order-service", "order-service", "own");
+    let log = own
+        .wait_log(Duration::from_secs(10), |l| {
+            l.contains("protecting order-service")
+        })
+        .unwrap_or_else(|l| panic!("no configure line:\n{l}"));
+    assert!(
+        log.contains("meshguard-authz: workload order-service confirmed by the node metadata"),
+        "{log}"
+    );
+    let node_bytes: usize = log
+        .split("node metadata read from xds.node (")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no node size logged:\n{log}"));
+    assert!(
+        node_bytes > 10_000,
+        "xds.node is the whole Node message: {node_bytes} bytes"
+    );
+    eprintln!(
+        "Envoy {}: xds.node of Istio's order-service sidecar: {node_bytes} bytes",
+        bin.version
+    );
+    assert_eq!(
+        rt.block_on(send(
+            &own,
+            &user,
+            "order-service",
+            "GET",
+            200,
+            Protocol::Http2
+        )),
+        200
+    );
+    drop(own);
+
+    // payment-service's policy in order-service's sidecar (a WasmPlugin selecting the wrong
+    // pods): every request is denied with wrong_workload, even from a caller payment admits.
+    let wrong = m.start(&bin, &ca, &app, "order-service", "payment-service", "wrong");
+    let caller = Call::get("/payments");
+    let out = rt
+        .block_on(order.send(
+            wrong.listener(sidecar::LISTENER).unwrap(),
+            &server_name("order-service"),
+            Protocol::Http2,
+            &caller,
+        ))
+        .unwrap();
+    assert_eq!(out.status, 403);
+    assert_eq!(
+        out.header("x-meshguard-deny-reason"),
+        Some("wrong_workload")
+    );
+    let log = wrong.log_text();
+    assert!(
+        log.contains("configured for payment-service but running in workload `order-service`"),
+        "{log}"
+    );
+    assert_eq!(
+        app.served(),
+        1,
+        "only the admitted request reached the application"
+    );
+}
