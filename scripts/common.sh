@@ -82,3 +82,15 @@ build_filters() {
     info "$(printf '%-24s %7d bytes' "$f.wasm" "$(stat -c %s "$FILTERS_DIR/$f.wasm")")"
   done
 }
+
+# The authorization filter built with its test-only `test-trap` feature (a request carrying
+# `x-meshguard-test-trap` makes the VM trap), into a folder of its own so it is never mistaken for
+# the real module. Exports MESHGUARD_TRAP_FILTER.
+build_trap_filter() {
+  (cd "$ROOT" && cargo build --quiet --profile wasm --target wasm32-wasip1 --target-dir "$ROOT/target/filters-test-trap" \
+    -p meshguard-authz --features test-trap)
+  MESHGUARD_TRAP_FILTER="$ROOT/target/filters-test-trap/wasm32-wasip1/wasm/meshguard_authz.wasm"
+  [ -f "$MESHGUARD_TRAP_FILTER" ] || die "build produced no $MESHGUARD_TRAP_FILTER"
+  export MESHGUARD_TRAP_FILTER
+  info "$(printf '%-24s %7d bytes (test-only: traps on x-meshguard-test-trap)' "meshguard_authz.wasm" "$(stat -c %s "$MESHGUARD_TRAP_FILTER")")"
+}

@@ -39,9 +39,10 @@ cargo clippy --locked --target wasm32-wasip1 -p meshguard-authz -p meshguard-met
 shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run tests/kube/build-cluster-bins.sh tests/istio/build.sh \
   tests/envoy/install.sh
 
-step "Filters for wasm32-wasip1 (release profile 'wasm')"
+step "Filters for wasm32-wasip1 (release profile 'wasm'), and a test-only build of the authorization filter that traps on request"
 build_filters
 export MESHGUARD_FILTERS_DIR="$FILTERS_DIR"
+build_trap_filter
 
 step "Cost budgets: wasm instructions per request against an empty filter (exact counts, no timing), module sizes"
 # authz-allow <= 2.0x, authz-deny <= 3.0x, metrics <= 2.5x (bench::BUDGETS), a decision that costs

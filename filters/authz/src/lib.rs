@@ -318,6 +318,10 @@ fn metric_key(source: &str, outcome: usize) -> u64 {
 
 impl HttpContext for AuthzStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
+        if common::request_header("x-meshguard-test-trap").is_some() {
+            core::arch::wasm32::unreachable();
+        }
         common::sync_log_level();
         let Some(state) = STATE.with(|s| s.borrow().clone()) else {
             log::error!("meshguard-authz: deny reason=config_invalid (no valid configuration)");
