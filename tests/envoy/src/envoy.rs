@@ -321,6 +321,12 @@ fn regex_escape(name: &str) -> String {
     out
 }
 
+/// GET `path` from a plain-HTTP server on loopback (Envoy's admin endpoint, Prometheus' API); the
+/// body of a 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, Error> {
+    admin_request(addr, "GET", path)
+}
+
 /// One HTTP/1.1 request (`Connection: close`) to Envoy's admin endpoint (loopback, plain text).
 fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<String, Error> {
     let fail = |message: String| Error::Admin {

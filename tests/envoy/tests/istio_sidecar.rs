@@ -478,3 +478,244 @@ fn the_workload_check_reads_istios_node_metadata_through_xds_node() {
         "only the admitted request reached the application"
     );
 }
+
+/// Prometheus (the local cluster's build, `MESHGUARD_PROMETHEUS`) scraping the sidecars' Envoy,
+/// stopped by pid when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn start_prometheus(dir: &std::path::Path, targets: &[(&str, std::net::SocketAddr)]) -> Prometheus {
+    let bin = std::env::var_os("MESHGUARD_PROMETHEUS")
+        .expect("MESHGUARD_PROMETHEUS is not set: eval \"$(tests/kube/build-cluster-bins.sh)\"");
+    std::fs::create_dir_all(dir).unwrap();
+    // What the rendered PodMonitor asks for (path /stats/prometheus on the sidecar's Prometheus
+    // port), with the `namespace` and `pod` labels the Prometheus Operator's relabeling gives
+    // each target; scraped every second here instead of 15 s.
+    let mut config = String::from(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n- job_name: meshguard/meshguard-sidecars\n  metrics_path: /stats/prometheus\n  static_configs:\n",
+    );
+    for (pod, addr) in targets {
+        config.push_str(&format!(
+            "  - targets: ['{addr}']\n    labels: {{namespace: {NS}, pod: '{pod}', container: istio-proxy}}\n"
+        ));
+    }
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let [port] = meshguard_testcluster::free_ports::<1>().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = std::process::Command::new(bin)
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let p = Prometheus { child, addr };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while meshguard_envoy_tests::envoy::http_get(addr, "/-/ready").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus not ready: {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p
+}
+
+/// The PromQL queries of docs/metrics.md (its `promql` blocks) and of the Grafana dashboard that
+/// read the filters' metrics, the dashboard's `$namespace` set.
+fn documented_queries() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in docs.lines() {
+        match (in_block, line.trim()) {
+            (false, "```promql") => in_block = true,
+            (true, "```") => in_block = false,
+            (true, q) if !q.is_empty() => out.push(("docs/metrics.md".to_owned(), q.to_owned())),
+            _ => {}
+        }
+    }
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("manifests/grafana/meshguard-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            if expr.contains("meshguard_") {
+                let title = panel["title"].as_str().unwrap_or("?");
+                out.push((
+                    format!("dashboard panel `{title}`"),
+                    expr.replace("$namespace", NS),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn prometheus_scraping_the_sidecars_answers_every_documented_query() {
+    let bin = EnvoyBinary::istio().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = mesh("prometheus");
+    let ca = Ca::new().unwrap();
+    let app = rt.block_on(App::start()).unwrap();
+    let order = m.start(&bin, &ca, &app, "order-service", "order-service", "order");
+    // payment-service's sidecar with its authorization filter in dry-run mode, so the dry-run
+    // queries have something to show.
+    let payment = {
+        let generated = m.sidecar("payment-service");
+        let dir = m.dir.join("payment");
+        let mut plugins = m.plugins("payment-service");
+        for p in &mut plugins {
+            if let Some(c) = &mut p.configuration {
+                *c = c.replace(r#""mode":"enforce""#, r#""mode":"dry_run""#);
+            }
+        }
+        let s = Sidecar {
+            dir: dir.clone(),
+            node: generated.node(),
+            stats_config: generated.stats_config(),
+            ca_pem: ca.cert_pem(),
+            chains: vec![TlsChain {
+                server_name: None,
+                cert: ca
+                    .issue(
+                        Some(&identity("payment-service")),
+                        &server_name("payment-service"),
+                    )
+                    .unwrap(),
+            }],
+            plaintext: false,
+            plugins,
+            upstream: app.addr,
+        };
+        let opts = StartOptions {
+            config_yaml: generated.config_yaml(),
+            ..StartOptions::default()
+        };
+        Envoy::start(&bin, &dir, &s.bootstrap().unwrap(), &opts).unwrap()
+    };
+    let prom = start_prometheus(
+        &m.dir.join("prometheus"),
+        &[
+            ("order-service-0", order.admin),
+            ("payment-service-0", payment.admin),
+        ],
+    );
+    let caller = |sa: &str| {
+        Caller::new(
+            &ca.cert_pem(),
+            Some(ca.issue(Some(&identity(sa)), "c.test").unwrap()),
+        )
+        .unwrap()
+    };
+    let (user, pay) = (caller("user-service"), caller("payment-service"));
+    let queries = documented_queries();
+    assert!(queries.len() >= 9, "{queries:?}");
+    let mut pending: Vec<(String, String)> = queries.clone();
+    let mut answers: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !pending.is_empty() && std::time::Instant::now() < deadline {
+        // Traffic between evaluations, so every rate has increases to see.
+        rt.block_on(async {
+            assert_eq!(
+                send(&order, &user, "order-service", "GET", 200, Protocol::Http2).await,
+                200
+            );
+            assert_eq!(
+                send(&order, &pay, "order-service", "GET", 200, Protocol::Http2).await,
+                403
+            );
+            // Dry run: denied in the log and metrics, answered by the application.
+            assert_eq!(
+                send(
+                    &payment,
+                    &user,
+                    "payment-service",
+                    "POST",
+                    200,
+                    Protocol::Http2
+                )
+                .await,
+                200
+            );
+        });
+        pending.retain(|(source, q)| {
+            let path = format!("/api/v1/query?query={}", percent_encode(q));
+            let Ok(body) = meshguard_envoy_tests::envoy::http_get(prom.addr, &path) else {
+                return true;
+            };
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            let values: Vec<f64> = result
+                .iter()
+                .filter_map(|r| r["value"][1].as_str()?.parse().ok())
+                .collect();
+            let answered = !values.is_empty()
+                && values.iter().all(|x| x.is_finite())
+                && values.iter().any(|x| *x > 0.0);
+            if answered {
+                answers.push(format!(
+                    "{source}: {q}\n    {}",
+                    result
+                        .iter()
+                        .map(|r| format!("{} {}", r["metric"], r["value"][1]))
+                        .collect::<Vec<_>>()
+                        .join("\n    ")
+                ));
+            }
+            !answered
+        });
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        pending.is_empty(),
+        "queries without data after 90 s of traffic:\n{}",
+        pending
+            .iter()
+            .map(|(s, q)| format!("{s}: {q}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let all = answers.join("\n");
+    eprintln!("{all}");
+    // The series each query is about are there, by their labels.
+    for needle in [
+        r#""destination":"order-service","source":"user-service""#,
+        r#""code_class":"2xx","destination":"order-service""#,
+        r#""destination":"order-service","mode":"enforce","reason":"unknown_peer","source":"payment-service""#,
+        r#""destination":"payment-service","reason":"unknown_peer""#,
+    ] {
+        assert!(all.contains(needle), "no {needle} in:\n{all}");
+    }
+}

@@ -484,7 +484,7 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
 /// "address already in use". Below the range only explicit binds compete, and a cursor shared by
 /// the whole process never offers one port twice, so clusters started in parallel by the tests
 /// of one binary do not meet. `TestCluster::start` still retries a clash with another process.
-pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
     static CURSOR: AtomicU32 = AtomicU32::new(0);
     let (low, high) = listening_range();
     let span = u32::from(high - low) + 1;

@@ -48,7 +48,9 @@ pub use artifacts::{
     build_script, cache_root, Artifacts, LocalArtifacts, Versions, ENV_CACHE_DIR, ENV_CRDS_DIR,
     ENV_ETCD, ENV_KUBE_APISERVER, VERSIONS_ENV,
 };
-pub use cluster::{TestCluster, TestClusterOptions, ADMIN_USER, CONTEXT_NAME, ENV_KEEP};
+pub use cluster::{
+    free_ports, TestCluster, TestClusterOptions, ADMIN_USER, CONTEXT_NAME, ENV_KEEP,
+};
 pub use crds::{load_crds, CrdSet, FIELD_MANAGER};
 pub use error::{Error, Result};
 pub use local::{
