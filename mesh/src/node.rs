@@ -7,7 +7,9 @@
 //! was removed in Envoy 1.33 (changelogs/1.33.0.yaml, PR #36619): asked for it, every Envoy of a
 //! supported Istio line answers NotFound. The message is large (50 to 60 KB in an Istio sidecar,
 //! most of it `extensions`, the list of every extension compiled in); decoding skips every field
-//! but `metadata`'s strings, once per configuration. Istio's agent fills `node.metadata` (a
+//! but `metadata`'s strings, once per configuration. Measured (tests/filters/tests/budget.rs): an
+//! Istio-sized node adds about 1,500 wasm instructions to the authorization filter's
+//! `on_configure` (285,000 with a bare node, most of it reading the policy), 1.01x. Istio's agent fills `node.metadata` (a
 //! `google.protobuf.Struct`) from the sidecar's environment (`pkg/bootstrap/config.go`,
 //! `pkg/model/proxy.go` `NodeMetadata`): `NAMESPACE` from `POD_NAMESPACE`, `SERVICE_ACCOUNT` from
 //! the pod's `spec.serviceAccountName`, and `WORKLOAD_NAME` from `ISTIO_META_WORKLOAD_NAME`, which
