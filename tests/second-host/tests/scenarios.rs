@@ -194,7 +194,9 @@ fn start(host: &Host, module: &Module, s: &Scenario) -> (Run, bool) {
         .unwrap_or_else(|e| panic!("{}: instantiate: {e}", s.name));
     let mut root_state = Stream::default();
     if let Some(node) = &s.node {
-        root_state.properties.insert(key(&["xds", "node"]), node.to_node_proto());
+        root_state
+            .properties
+            .insert(key(&["xds", "node"]), node.to_node_proto());
     }
     let plugin = PluginConfig::new()
         .with_name(s.filter.module())
