@@ -393,28 +393,16 @@ type sidecarStats struct {
 }
 
 func cmdSidecarStats(args []string) error {
-	fs := flag.NewFlagSet("sidecar-stats", flag.ContinueOnError)
-	self, _ := os.Executable()
-	template := fs.String("template", filepath.Join(filepath.Dir(self), "envoy_bootstrap.json"),
-		"Istio's bootstrap template (the proxy image's /var/lib/istio/envoy/envoy_bootstrap_tmpl.json)")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
-		usage()
-	}
-	objs, err := readObjects(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	inj, err := loadInjection(false)
-	if err != nil {
-		return err
-	}
 	var out []sidecarStats
-	for _, d := range objs.deployments {
-		s, err := statsOf(inj, d, objs.configMaps, *template)
-		if err != nil {
-			return fmt.Errorf("%s: %w", d.Name, err)
+	err := forEachSidecar("sidecar-stats", args, func(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.ConfigMap, template string) error {
+		s, err := statsOf(inj, d, cms, template)
+		if err == nil {
+			out = append(out, *s)
 		}
-		out = append(out, *s)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
@@ -528,7 +516,24 @@ func statsOf(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.Config
 // cmdSidecarBootstrap prints, for every Deployment in FILE, the generated bootstrap and the
 // bootstrap override, for tests that start Envoy itself with them.
 func cmdSidecarBootstrap(args []string) error {
-	fs := flag.NewFlagSet("sidecar-bootstrap", flag.ContinueOnError)
+	var out []generatedSidecar
+	err := forEachSidecar("sidecar-bootstrap", args, func(inj *injection, d *appsv1.Deployment, cms map[string]*corev1.ConfigMap, template string) error {
+		g, err := generateSidecar(inj, d, cms, template)
+		if err == nil {
+			out = append(out, *g)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(out)
+}
+
+// forEachSidecar parses `[--template PATH] FILE` and calls each with the injector and every
+// Deployment in FILE.
+func forEachSidecar(name string, args []string, each func(*injection, *appsv1.Deployment, map[string]*corev1.ConfigMap, string) error) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	self, _ := os.Executable()
 	template := fs.String("template", filepath.Join(filepath.Dir(self), "envoy_bootstrap.json"),
 		"Istio's bootstrap template (the proxy image's /var/lib/istio/envoy/envoy_bootstrap_tmpl.json)")
@@ -543,15 +548,12 @@ func cmdSidecarBootstrap(args []string) error {
 	if err != nil {
 		return err
 	}
-	var out []generatedSidecar
 	for _, d := range objs.deployments {
-		g, err := generateSidecar(inj, d, objs.configMaps, *template)
-		if err != nil {
+		if err := each(inj, d, objs.configMaps, *template); err != nil {
 			return fmt.Errorf("%s: %w", d.Name, err)
 		}
-		out = append(out, *g)
 	}
-	return json.NewEncoder(os.Stdout).Encode(out)
+	return nil
 }
 
 func cmdValidate(args []string) error {
