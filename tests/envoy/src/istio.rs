@@ -27,18 +27,8 @@ pub struct GeneratedSidecar {
     #[serde(default)]
     pub bootstrap_override: Option<String>,
     /// The override's content as JSON.
-    #[serde(default)]
-    pub override_json: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Raw {
-    deployment: String,
-    bootstrap: Value,
-    #[serde(default)]
-    bootstrap_override: Option<String>,
     #[serde(default, rename = "override")]
-    override_json: Option<Value>,
+    pub override_json: Option<Value>,
 }
 
 /// The sidecars of every Deployment in the rendered `yaml` (written to `dir`).
@@ -61,17 +51,7 @@ pub fn generated_sidecars(yaml: &str, dir: &Path) -> Result<Vec<GeneratedSidecar
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    let raw: Vec<Raw> =
-        serde_json::from_slice(&out.stdout).map_err(|e| Error::Rendered(e.to_string()))?;
-    Ok(raw
-        .into_iter()
-        .map(|r| GeneratedSidecar {
-            deployment: r.deployment,
-            bootstrap: r.bootstrap,
-            bootstrap_override: r.bootstrap_override,
-            override_json: r.override_json,
-        })
-        .collect())
+    serde_json::from_slice(&out.stdout).map_err(|e| Error::Rendered(e.to_string()))
 }
 
 impl GeneratedSidecar {

@@ -436,6 +436,15 @@ pub fn rendered(namespace: &str) -> Result<Vec<Value>, Error> {
         .collect()
 }
 
+/// A rendered WasmPlugin with its module from the build: `pluginName` `meshguard-authz` is
+/// `meshguard_authz.wasm` in `MESHGUARD_FILTERS_DIR`.
+pub fn rendered_plugin(object: &Value) -> Result<Plugin, Error> {
+    let name = object["spec"]["pluginName"]
+        .as_str()
+        .ok_or_else(|| Error::Rendered(format!("WasmPlugin without pluginName: {object}")))?;
+    Plugin::from_wasm_plugin(object, crate::module(&name.replace('-', "_"))?)
+}
+
 /// The rendered WasmPlugin `name` (e.g. `order-service-authz`).
 pub fn wasm_plugin<'a>(objects: &'a [Value], name: &str) -> Result<&'a Value, Error> {
     objects

@@ -19,7 +19,7 @@ use meshguard_envoy_tests::envoy::StartOptions;
 use meshguard_envoy_tests::pki::Ca;
 use meshguard_envoy_tests::sidecar::{self, FailurePolicy, Plugin, Sidecar, TlsChain};
 use meshguard_envoy_tests::upstream::{App, REACHED_HEADER};
-use meshguard_envoy_tests::{module, Envoy, EnvoyBinary};
+use meshguard_envoy_tests::{Envoy, EnvoyBinary};
 use meshguard_mesh::NodeFacts;
 
 const NS: &str = "meshguard";
@@ -74,7 +74,7 @@ fn setup(name: &str) -> Setup {
 fn authz(policy: FailurePolicy) -> Plugin {
     let objects = sidecar::rendered(NS).unwrap();
     let object = sidecar::wasm_plugin(&objects, "order-service-authz").unwrap();
-    let mut p = Plugin::from_wasm_plugin(object, module("meshguard_authz").unwrap()).unwrap();
+    let mut p = sidecar::rendered_plugin(object).unwrap();
     p.failure_policy = policy;
     p
 }

@@ -23,7 +23,7 @@ use meshguard_envoy_tests::pki::Ca;
 use meshguard_envoy_tests::sidecar::{self, Plugin, Sidecar, TlsChain};
 use meshguard_envoy_tests::stats::{self, Sample};
 use meshguard_envoy_tests::upstream::{App, STATUS_HEADER};
-use meshguard_envoy_tests::{module, Envoy, EnvoyBinary};
+use meshguard_envoy_tests::{Envoy, EnvoyBinary};
 use serde_json::Value;
 
 const NS: &str = "meshguard";
@@ -45,12 +45,14 @@ struct Mesh {
 fn mesh(name: &str) -> Mesh {
     let dir = std::env::temp_dir().join(format!("meshguard-envoy-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let objects = sidecar::rendered(NS).unwrap();
     let mesh = meshguard_mesh::Mesh::reference(NS).unwrap();
-    let yaml = meshguard_manifests::to_yaml(
-        &meshguard_manifests::render(&mesh, &meshguard_manifests::RenderOptions::new(NS)).unwrap(),
-    )
-    .unwrap();
+    let rendered =
+        meshguard_manifests::render(&mesh, &meshguard_manifests::RenderOptions::new(NS)).unwrap();
+    let yaml = meshguard_manifests::to_yaml(&rendered).unwrap();
+    let objects = rendered
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect();
     let sidecars = generated_sidecars(&yaml, &dir).unwrap();
     Mesh {
         objects,
@@ -71,14 +73,7 @@ impl Mesh {
     fn plugins(&self, policy_of: &str) -> Vec<Plugin> {
         sidecar::wasm_plugins_for(&self.objects, policy_of)
             .into_iter()
-            .map(|o| {
-                let stem = match o["spec"]["pluginName"].as_str() {
-                    Some("meshguard-authz") => "meshguard_authz",
-                    Some("meshguard-metrics") => "meshguard_metrics",
-                    other => panic!("unknown plugin {other:?}"),
-                };
-                Plugin::from_wasm_plugin(o, module(stem).unwrap()).unwrap()
-            })
+            .map(|o| sidecar::rendered_plugin(o).unwrap())
             .collect()
     }
 
@@ -477,6 +472,8 @@ fn the_workload_check_reads_istios_node_metadata_through_xds_node() {
         1,
         "only the admitted request reached the application"
     );
+    drop(wrong);
+    let _ = std::fs::remove_dir_all(&m.dir);
 }
 
 /// Prometheus (the local cluster's build, `MESHGUARD_PROMETHEUS`) scraping the sidecars' Envoy,
@@ -714,6 +711,8 @@ fn prometheus_scraping_the_sidecars_answers_every_documented_query() {
             .join("\n")
     );
     eprintln!("{}", answers.join("\n"));
+    drop((prom, order, payment));
+    let _ = std::fs::remove_dir_all(&m.dir);
 }
 
 /// The series (label sets, as Prometheus' JSON writes them) a query must show, from what it

@@ -17,7 +17,7 @@ use meshguard_envoy_tests::envoy::StartOptions;
 use meshguard_envoy_tests::pki::Ca;
 use meshguard_envoy_tests::sidecar::{self, Plugin, Sidecar, TlsChain};
 use meshguard_envoy_tests::upstream::{App, PATH_HEADER, REACHED_HEADER, STATUS_HEADER};
-use meshguard_envoy_tests::{module, Envoy, EnvoyBinary};
+use meshguard_envoy_tests::{Envoy, EnvoyBinary};
 use meshguard_scenarios::{
     grpc_web_trailers, Expect, Filter, HostQuirks, Peer, Scenario, DENY_REASON_HEADER, NAMESPACE,
 };
@@ -37,9 +37,7 @@ fn plugin(s: &Scenario) -> Plugin {
         Filter::Metrics => "order-service-metrics",
     };
     let object = sidecar::wasm_plugin(&rendered, name).expect("rendered WasmPlugin");
-    let mut p =
-        Plugin::from_wasm_plugin(object, module(s.filter.module()).expect("compiled filter"))
-            .expect("WasmPlugin");
+    let mut p = sidecar::rendered_plugin(object).expect("WasmPlugin with its compiled filter");
     p.configuration = Some(String::from_utf8(s.config.clone()).expect("scenario config is UTF-8"));
     p
 }

@@ -12,10 +12,6 @@
 //!
 //!     meshguard-envoy-bench --fortio PATH [--rounds N] [--requests N] [--markdown FILE]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
-
 use anyhow::{bail, Context as _};
 use meshguard_envoy_tests::envoy::StartOptions;
 use meshguard_envoy_tests::pki::Ca;
@@ -24,6 +20,8 @@ use meshguard_envoy_tests::upstream::App;
 use meshguard_envoy_tests::{module, Envoy, EnvoyBinary};
 use meshguard_mesh::NodeFacts;
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const NS: &str = "meshguard";
 const HOST: &str = "order-service.meshguard.svc.cluster.local";
@@ -68,14 +66,9 @@ fn identity(sa: &str) -> String {
 
 fn rendered_plugins() -> anyhow::Result<(Plugin, Plugin)> {
     let objects = sidecar::rendered(NS)?;
-    let authz = Plugin::from_wasm_plugin(
-        sidecar::wasm_plugin(&objects, "order-service-authz")?,
-        module("meshguard_authz")?,
-    )?;
-    let metrics = Plugin::from_wasm_plugin(
-        sidecar::wasm_plugin(&objects, "order-service-metrics")?,
-        module("meshguard_metrics")?,
-    )?;
+    let authz = sidecar::rendered_plugin(sidecar::wasm_plugin(&objects, "order-service-authz")?)?;
+    let metrics =
+        sidecar::rendered_plugin(sidecar::wasm_plugin(&objects, "order-service-metrics")?)?;
     Ok((authz, metrics))
 }
 
@@ -314,7 +307,7 @@ fn main() -> anyhow::Result<()> {
     let medians: Vec<f64> = cpu.iter().map(|v| median(&mut v.clone())).collect();
     let none = medians[0];
     let floor = medians[2];
-    for (i, (setup, envoy, pid, port)) in envoys.iter().enumerate() {
+    for (i, (setup, _, pid, port)) in envoys.iter().enumerate() {
         let spread = {
             let v = &cpu[i];
             let (lo, hi) = v
@@ -335,7 +328,6 @@ fn main() -> anyhow::Result<()> {
             fixed.p99_ms,
             rss
         ));
-        let _ = envoy;
     }
     let both = medians[5];
     let empty_rss = {
@@ -360,7 +352,6 @@ fn main() -> anyhow::Result<()> {
     }
     drop(envoys);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = Duration::from_secs(0);
     Ok(())
 }
 

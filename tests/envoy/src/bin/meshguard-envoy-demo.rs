@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use meshguard_envoy_tests::client::{Call, Caller, Protocol};
 use meshguard_envoy_tests::envoy::StartOptions;
 use meshguard_envoy_tests::pki::Ca;
-use meshguard_envoy_tests::sidecar::{self, Plugin, Sidecar, TlsChain};
+use meshguard_envoy_tests::sidecar::{self, Sidecar, TlsChain};
 use meshguard_envoy_tests::upstream::{App, REACHED_HEADER};
 use meshguard_envoy_tests::{module, stats, Envoy, EnvoyBinary};
 use meshguard_mesh::NodeFacts;
@@ -72,14 +72,8 @@ fn main() -> anyhow::Result<()> {
     for service in SERVICES {
         let plugins = sidecar::wasm_plugins_for(&objects, service)
             .into_iter()
-            .map(|o| {
-                let stem = match o["spec"]["pluginName"].as_str() {
-                    Some("meshguard-authz") => "meshguard_authz",
-                    _ => "meshguard_metrics",
-                };
-                Ok(Plugin::from_wasm_plugin(o, module(stem)?)?)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(sidecar::rendered_plugin)
+            .collect::<Result<Vec<_>, _>>()?;
         let s = Sidecar {
             dir: dir.join(service),
             node: sidecar::node(Some(&NodeFacts {
