@@ -87,7 +87,8 @@ impl std::fmt::Display for DenyReason {
 /// needs (the method and path only when the caller's rule narrows by them), so a filter can read
 /// each fact from the host on demand.
 pub trait Facts {
-    /// `connection.mtls`; `None` when the property is absent.
+    /// `connection.mtls`; `None` when the property is absent. Asked only when the request has
+    /// no peer identity (see [`Authorizer::decide_with`]).
     fn mtls(&mut self) -> Option<bool>;
     /// `connection.uri_san_peer_certificate`.
     fn peer_identity(&mut self) -> Option<&[u8]>;
@@ -323,7 +324,12 @@ impl Authorizer {
         if matches!(self.workload_check, WorkloadCheck::Mismatch(_)) {
             return wrong_workload;
         }
-        if facts.mtls() != Some(true) {
+        // A peer URI SAN is read from the certificate the peer presented, which is exactly what
+        // Envoy's `connection.mtls` says (source/extensions/filters/common/expr/context.cc,
+        // `ConnectionLookup`: TLS and `peerCertificatePresented()`). So a request with one is
+        // mTLS, and `connection.mtls` is asked only for a request without: one host call fewer.
+        let has_peer = facts.peer_identity().is_some_and(|id| !id.is_empty());
+        if !has_peer && facts.mtls() != Some(true) {
             return Decision::Deny {
                 reason: DenyReason::NoMtls,
                 source: None,
@@ -519,20 +525,28 @@ mod tests {
     fn fails_closed_on_missing_transport_facts() {
         let a = order_authorizer();
         let d = |f: RequestFacts<'_>| reason(a.decide(&f));
-        assert_eq!(
-            d(RequestFacts {
-                mtls: None,
-                ..facts(USER, b"GET", b"/orders")
-            }),
-            Some(DenyReason::NoMtls)
-        );
-        assert_eq!(
-            d(RequestFacts {
-                mtls: Some(false),
-                ..facts(USER, b"GET", b"/orders")
-            }),
-            Some(DenyReason::NoMtls)
-        );
+        // Without a peer identity, `connection.mtls` decides, and only an exact true passes.
+        for mtls in [None, Some(false)] {
+            assert_eq!(
+                d(RequestFacts {
+                    mtls,
+                    peer_identity: None,
+                    ..facts(USER, b"GET", b"/orders")
+                }),
+                Some(DenyReason::NoMtls)
+            );
+        }
+        // A peer URI SAN comes from the certificate the peer presented, which is what Envoy's
+        // `connection.mtls` means: with one, `connection.mtls` is not asked.
+        for mtls in [None, Some(false)] {
+            assert_eq!(
+                d(RequestFacts {
+                    mtls,
+                    ..facts(USER, b"GET", b"/orders")
+                }),
+                None
+            );
+        }
         assert_eq!(
             d(RequestFacts {
                 peer_identity: None,

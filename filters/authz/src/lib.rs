@@ -14,17 +14,21 @@
 //!
 //! No host answer makes the filter trap: host calls go through `meshguard_filter_common::abi`,
 //! and a local reply the host refuses resets the stream instead.
+//!
+//! Its only stream callback is `proxy_on_request_headers` (see `meshguard_filter_common::entry`
+//! for why the module exports nothing else per stream), and a request costs it one host call for
+//! the peer identity, one for the request headers when the caller's rule narrows by method or
+//! path, and one for the decision's counter.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use meshguard_filter_common::{self as common, abi, Metrics};
+use meshguard_filter_common::abi::Pairs;
+use meshguard_filter_common::{self as common, abi, Action, Metrics, PluginName};
 use meshguard_mesh::http::{self, GrpcKind, METHOD_OVERRIDE_HEADERS};
 use meshguard_mesh::{
     metrics, Authorizer, Decision, DenyReason, Facts, Mode, NodeFacts, WorkloadCheck,
 };
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
 
 /// Header naming the deny reason on a 403.
 pub const DENY_REASON_HEADER: &str = "x-meshguard-deny-reason";
@@ -33,10 +37,23 @@ pub const RESPONSE_DETAILS: &str = "meshguard_authz_denied";
 /// gRPC PERMISSION_DENIED.
 const GRPC_PERMISSION_DENIED: i32 = 7;
 
-proxy_wasm::main! {{
-    common::init_logging(log::LevelFilter::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthzRoot) });
-}}
+/// The filter's own exports (the shared ones are in `meshguard_filter_common::entry`).
+#[allow(unsafe_code)] // `no_mangle`: the names the host calls
+mod exports {
+    #[no_mangle]
+    pub extern "C" fn proxy_on_configure(_root_context_id: u32, configuration_size: usize) -> bool {
+        super::configure(configuration_size)
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_request_headers(
+        _context_id: u32,
+        _headers: usize,
+        _end_of_stream: u32,
+    ) -> u32 {
+        super::on_request_headers() as u32
+    }
+}
 
 /// What every stream needs, built once per configuration: the compiled policy and each denial's
 /// local reply, ready to send.
@@ -46,14 +63,14 @@ struct State {
 }
 
 thread_local! {
-    /// The current configuration (`None`: none valid). Streams read it here rather than holding a
-    /// reference each, so a stream context is a zero-sized box the SDK allocates nothing for.
+    /// The current configuration (`None`: none valid), which every stream reads.
     static STATE: RefCell<Option<Rc<State>>> = const { RefCell::new(None) };
     /// Metric handles; they outlive reconfigurations.
     static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
+    static PLUGIN: RefCell<PluginName> = RefCell::new(PluginName::default());
 }
 
-/// A denial's local reply in each form (see [`AuthzStream::deny`]).
+/// A denial's local reply in each form (see [`deny`]).
 struct Reply {
     reason: &'static str,
     json_body: Vec<u8>,
@@ -100,79 +117,69 @@ impl Reply {
     }
 }
 
-struct AuthzRoot;
-
-impl Context for AuthzRoot {}
-
-impl RootContext for AuthzRoot {
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        common::sync_log_level();
-        // A new configuration replaces the old one; if it is bad, nothing is admitted.
-        STATE.with(|s| s.replace(None));
-        METRICS.with(|m| m.borrow_mut().clear_keys());
-        let Some(raw) = common::plugin_configuration(plugin_configuration_size) else {
-            log::error!("meshguard-authz: no plugin configuration; denying every request");
-            return false;
-        };
-        match Authorizer::from_json(&raw) {
-            Ok(mut a) => {
-                let node = common::property(common::PROP_NODE).and_then(|raw| {
-                    log::debug!(
-                        "meshguard-authz: node metadata read from xds.node ({} bytes)",
-                        raw.len()
-                    );
-                    NodeFacts::from_node_proto(&raw)
-                        .map_err(|e| log::warn!("meshguard-authz: {e}"))
-                        .ok()
-                });
-                match a.check_node(node.as_ref()).clone() {
-                    WorkloadCheck::Mismatch(why) => log::error!(
-                        "meshguard-authz: configured for {} but running in {why}; denying every request (reason=wrong_workload)",
-                        a.workload()
-                    ),
-                    WorkloadCheck::PerRequest => log::info!(
-                        "meshguard-authz: the node metadata does not name this workload's namespace and service account; checking each request's local certificate"
-                    ),
-                    WorkloadCheck::Confirmed | WorkloadCheck::NameOnly => log::info!(
-                        "meshguard-authz: workload {} confirmed by the node metadata",
-                        a.workload()
-                    ),
-                }
-                log::info!(
-                    "meshguard-authz: protecting {} in {} mode",
-                    a.workload(),
-                    mode_label(a.mode())
+/// `proxy_on_configure`: compiles the policy and checks the workload; a bad configuration leaves
+/// nothing admitted.
+fn configure(plugin_configuration_size: usize) -> bool {
+    common::entry::follow_log_level();
+    // A new configuration replaces the old one; if it is bad, nothing is admitted.
+    STATE.with(|s| s.replace(None));
+    METRICS.with(|m| m.borrow_mut().clear_keys());
+    if let Some(other) = PLUGIN.with(|p| p.borrow_mut().configuring()) {
+        let name = PLUGIN.with(|p| p.borrow().name());
+        log::error!(
+            "meshguard-authz: plugins {other} and {name} share this Wasm VM (same module, no VM id); both now run {name}'s configuration"
+        );
+    }
+    let Some(raw) = common::plugin_configuration(plugin_configuration_size) else {
+        log::error!("meshguard-authz: no plugin configuration; denying every request");
+        return false;
+    };
+    match Authorizer::from_json(&raw) {
+        Ok(mut a) => {
+            let node = common::property(common::PROP_NODE).and_then(|raw| {
+                log::debug!(
+                    "meshguard-authz: node metadata read from xds.node ({} bytes)",
+                    raw.len()
                 );
-                let replies = DenyReason::ALL
-                    .iter()
-                    .map(|r| Reply::new(a.workload(), *r))
-                    .collect();
-                let state = State {
-                    authorizer: a,
-                    replies,
-                };
-                STATE.with(|s| s.replace(Some(Rc::new(state))));
-                true
+                NodeFacts::from_node_proto(&raw)
+                    .map_err(|e| log::warn!("meshguard-authz: {e}"))
+                    .ok()
+            });
+            match a.check_node(node.as_ref()).clone() {
+                WorkloadCheck::Mismatch(why) => log::error!(
+                    "meshguard-authz: configured for {} but running in {why}; denying every request (reason=wrong_workload)",
+                    a.workload()
+                ),
+                WorkloadCheck::PerRequest => log::info!(
+                    "meshguard-authz: the node metadata does not name this workload's namespace and service account; checking each request's local certificate"
+                ),
+                WorkloadCheck::Confirmed | WorkloadCheck::NameOnly => log::info!(
+                    "meshguard-authz: workload {} confirmed by the node metadata",
+                    a.workload()
+                ),
             }
-            Err(e) => {
-                log::error!("meshguard-authz: {e}; denying every request");
-                false
-            }
+            log::info!(
+                "meshguard-authz: protecting {} in {} mode",
+                a.workload(),
+                mode_label(a.mode())
+            );
+            let replies = DenyReason::ALL
+                .iter()
+                .map(|r| Reply::new(a.workload(), *r))
+                .collect();
+            let state = State {
+                authorizer: a,
+                replies,
+            };
+            STATE.with(|s| s.replace(Some(Rc::new(state))));
+            true
+        }
+        Err(e) => {
+            log::error!("meshguard-authz: {e}; denying every request");
+            false
         }
     }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AuthzStream))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
 }
-
-struct AuthzStream;
-
-impl Context for AuthzStream {}
 
 fn mode_label(mode: Mode) -> &'static str {
     match mode {
@@ -181,55 +188,47 @@ fn mode_label(mode: Mode) -> &'static str {
     }
 }
 
-impl AuthzStream {
-    /// Answers the request with the denial's local reply: JSON 403, gRPC PERMISSION_DENIED, or
-    /// gRPC-web. A reply the host refuses resets the stream instead.
-    fn deny(reply: &Reply) -> Action {
-        let content_type = common::request_header("content-type");
-        let sent = match content_type
-            .as_deref()
-            .map_or(GrpcKind::None, http::grpc_kind)
-        {
-            // gRPC clients read the status from `grpc-status`, not from the HTTP status: Envoy
-            // turns a local reply with a gRPC status into HTTP 200 with `grpc-status` and the
-            // body as `grpc-message` for a request with a gRPC content type.
-            GrpcKind::Grpc => abi::send_local_response(
-                403,
-                RESPONSE_DETAILS.as_bytes(),
-                reply.reason.as_bytes(),
-                &reply.grpc_headers,
-                GRPC_PERMISSION_DENIED,
-            ),
-            // Envoy does not treat gRPC-web as gRPC here (its gRPC-web filter runs later in the
-            // chain), so the filter answers as a gRPC-web server does: HTTP 200, the status in
-            // a trailer frame (flag 0x80, base64 for `-text`), and in the headers too for the
-            // clients that read a trailers-only status there. Envoy drops `content-type` from a
-            // local reply without a body, so the frame also keeps the content type.
-            kind @ (GrpcKind::GrpcWeb | GrpcKind::GrpcWebText) => {
-                let (headers, body) = &reply.web[usize::from(kind == GrpcKind::GrpcWebText)];
-                abi::send_local_response(200, RESPONSE_DETAILS.as_bytes(), body, headers, -1)
-            }
-            GrpcKind::None => abi::send_local_response(
-                403,
-                RESPONSE_DETAILS.as_bytes(),
-                &reply.json_body,
-                &reply.http_headers,
-                -1,
-            ),
-        };
-        if let Err(status) = sent {
-            // The host refused the local reply: do not let the request through regardless.
-            log::error!(
-                "meshguard-authz: cannot send the denial (host status {status}); resetting the stream"
-            );
-            if let Err(status) = abi::close_stream(abi::STREAM_HTTP_REQUEST) {
-                log::error!(
-                    "meshguard-authz: cannot reset the stream either (host status {status})"
-                );
-            }
+/// Answers the request with the denial's local reply: JSON 403, gRPC PERMISSION_DENIED, or
+/// gRPC-web, by the request's `content-type`. A reply the host refuses resets the stream instead.
+fn deny(reply: &Reply, content_type: Option<&[u8]>) -> Action {
+    let sent = match content_type.map_or(GrpcKind::None, http::grpc_kind) {
+        // gRPC clients read the status from `grpc-status`, not from the HTTP status: Envoy
+        // turns a local reply with a gRPC status into HTTP 200 with `grpc-status` and the
+        // body as `grpc-message` for a request with a gRPC content type.
+        GrpcKind::Grpc => abi::send_local_response(
+            403,
+            RESPONSE_DETAILS.as_bytes(),
+            reply.reason.as_bytes(),
+            &reply.grpc_headers,
+            GRPC_PERMISSION_DENIED,
+        ),
+        // Envoy does not treat gRPC-web as gRPC here (its gRPC-web filter runs later in the
+        // chain), so the filter answers as a gRPC-web server does: HTTP 200, the status in
+        // a trailer frame (flag 0x80, base64 for `-text`), and in the headers too for the
+        // clients that read a trailers-only status there. Envoy drops `content-type` from a
+        // local reply without a body, so the frame also keeps the content type.
+        kind @ (GrpcKind::GrpcWeb | GrpcKind::GrpcWebText) => {
+            let (headers, body) = &reply.web[usize::from(kind == GrpcKind::GrpcWebText)];
+            abi::send_local_response(200, RESPONSE_DETAILS.as_bytes(), body, headers, -1)
         }
-        Action::Pause
+        GrpcKind::None => abi::send_local_response(
+            403,
+            RESPONSE_DETAILS.as_bytes(),
+            &reply.json_body,
+            &reply.http_headers,
+            -1,
+        ),
+    };
+    if let Err(status) = sent {
+        // The host refused the local reply: do not let the request through regardless.
+        log::error!(
+            "meshguard-authz: cannot send the denial (host status {status}); resetting the stream"
+        );
+        if let Err(status) = abi::close_stream(abi::STREAM_HTTP_REQUEST) {
+            log::error!("meshguard-authz: cannot reset the stream either (host status {status})");
+        }
     }
+    Action::Pause
 }
 
 /// A gRPC-web trailer frame carrying PERMISSION_DENIED and `message` (a reason token, no escaping
@@ -267,13 +266,20 @@ fn grpc_web_trailer_frame(message: &[u8], text: bool) -> Vec<u8> {
     out
 }
 
-/// A request's facts, each read from the host the first time the decision asks for it.
+/// A request's facts, each read from the host the first time the decision asks for it: the
+/// request headers all at once (one host call instead of one per header).
 #[derive(Default)]
 struct HostFacts {
     peer: Option<Option<Vec<u8>>>,
     local: Option<Option<Vec<u8>>>,
-    method: Option<Option<Vec<u8>>>,
-    path: Option<Option<Vec<u8>>>,
+    headers: Option<Option<Vec<u8>>>,
+}
+
+impl HostFacts {
+    fn header(&mut self, name: &str) -> Option<&[u8]> {
+        let pairs = cached(&mut self.headers, common::request_headers)?;
+        Pairs::new(pairs).get(name.as_bytes())
+    }
 }
 
 fn cached(
@@ -298,15 +304,15 @@ impl Facts for HostFacts {
         })
     }
     fn method(&mut self) -> Option<&[u8]> {
-        cached(&mut self.method, || common::request_header(":method"))
+        self.header(":method")
     }
     fn path(&mut self) -> Option<&[u8]> {
-        cached(&mut self.path, || common::request_header(":path"))
+        self.header(":path")
     }
     fn has_method_override_header(&mut self) -> bool {
         METHOD_OVERRIDE_HEADERS
             .iter()
-            .any(|name| common::request_header(name).is_some())
+            .any(|name| self.header(name).is_some())
     }
 }
 
@@ -316,61 +322,65 @@ fn metric_key(source: &str, outcome: usize) -> u64 {
     ((source.as_ptr() as usize as u64) << 8) | outcome as u64
 }
 
-impl HttpContext for AuthzStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
-        if common::request_header("x-meshguard-test-trap").is_some() {
-            core::arch::wasm32::unreachable();
-        }
-        common::sync_log_level();
-        let Some(state) = STATE.with(|s| s.borrow().clone()) else {
-            log::error!("meshguard-authz: deny reason=config_invalid (no valid configuration)");
-            return Self::deny(&Reply::new(
-                metrics::SOURCE_UNKNOWN,
-                DenyReason::ConfigInvalid,
-            ));
-        };
-        let authorizer = &state.authorizer;
-        let mut facts = HostFacts::default();
-        let decision = authorizer.decide_with(&mut facts);
-        let workload = authorizer.workload();
-        let level = common::log_level(authorizer.log_level());
-        match decision {
-            Decision::Allow { source } => {
-                if log::log_enabled!(level) {
-                    let method = http::method_label(facts.method().unwrap_or_default());
-                    log::log!(level, "meshguard-authz: allow source={source} destination={workload} method={method}");
-                }
-                METRICS.with(|m| {
-                    m.borrow_mut().count_keyed(metric_key(source, 0), || {
-                        metrics::allowed_total(source, workload)
-                    });
-                });
-                Action::Continue
+/// `proxy_on_request_headers`: the decision.
+fn on_request_headers() -> Action {
+    #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
+    if common::request_header("x-meshguard-test-trap").is_some() {
+        core::arch::wasm32::unreachable();
+    }
+    let Some(state) = STATE.with(|s| s.borrow().clone()) else {
+        log::error!("meshguard-authz: deny reason=config_invalid (no valid configuration)");
+        let content_type = common::request_header("content-type");
+        return deny(
+            &Reply::new(metrics::SOURCE_UNKNOWN, DenyReason::ConfigInvalid),
+            content_type.as_deref(),
+        );
+    };
+    let authorizer = &state.authorizer;
+    let mut facts = HostFacts::default();
+    let decision = authorizer.decide_with(&mut facts);
+    let workload = authorizer.workload();
+    let level = common::log_level(authorizer.log_level());
+    match decision {
+        Decision::Allow { source } => {
+            if log::log_enabled!(level) {
+                let method = http::method_label(facts.method().unwrap_or_default());
+                log::log!(
+                    level,
+                    "meshguard-authz: allow source={source} destination={workload} method={method}"
+                );
             }
-            Decision::Deny { reason, source } => {
-                let source = source.unwrap_or(match reason {
-                    DenyReason::NoMtls | DenyReason::NoPeerIdentity => metrics::SOURCE_NONE,
-                    _ => metrics::SOURCE_UNKNOWN,
+            METRICS.with(|m| {
+                m.borrow_mut().count_keyed(metric_key(source, 0), || {
+                    metrics::allowed_total(source, workload)
                 });
-                let mode = mode_label(authorizer.mode());
-                if log::log_enabled!(level) {
-                    let method = http::method_label(facts.method().unwrap_or_default());
-                    log::log!(
-                        level,
-                        "meshguard-authz: deny reason={reason} source={source} destination={workload} method={method} mode={mode}"
-                    );
-                }
-                METRICS.with(|m| {
-                    m.borrow_mut()
-                        .count_keyed(metric_key(source, 1 + reason as usize), || {
-                            metrics::denials_total(source, workload, reason.as_str(), mode)
-                        });
-                });
-                match (authorizer.mode(), state.replies.get(reason as usize)) {
-                    (Mode::DryRun, _) => Action::Continue,
-                    (Mode::Enforce, Some(reply)) => Self::deny(reply),
-                    (Mode::Enforce, None) => Self::deny(&Reply::new(workload, reason)),
+            });
+            Action::Continue
+        }
+        Decision::Deny { reason, source } => {
+            let source = source.unwrap_or(match reason {
+                DenyReason::NoMtls | DenyReason::NoPeerIdentity => metrics::SOURCE_NONE,
+                _ => metrics::SOURCE_UNKNOWN,
+            });
+            let mode = mode_label(authorizer.mode());
+            if log::log_enabled!(level) {
+                let method = http::method_label(facts.method().unwrap_or_default());
+                log::log!(
+                    level,
+                    "meshguard-authz: deny reason={reason} source={source} destination={workload} method={method} mode={mode}"
+                );
+            }
+            METRICS.with(|m| {
+                m.borrow_mut()
+                    .count_keyed(metric_key(source, 1 + reason as usize), || {
+                        metrics::denials_total(source, workload, reason.as_str(), mode)
+                    });
+            });
+            match (authorizer.mode(), state.replies.get(reason as usize)) {
+                (Mode::DryRun, _) => Action::Continue,
+                (Mode::Enforce, Some(reply)) => deny(reply, facts.header("content-type")),
+                (Mode::Enforce, None) => {
+                    deny(&Reply::new(workload, reason), facts.header("content-type"))
                 }
             }
         }

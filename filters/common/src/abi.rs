@@ -45,6 +45,12 @@ extern "C" {
         return_buffer_data: *mut *mut u8,
         return_buffer_size: *mut usize,
     ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -140,6 +146,22 @@ pub fn header(map_type: u32, key: &[u8]) -> Result<Option<Vec<u8>>, u32> {
     fetch(|d, s| unsafe { proxy_get_header_map_value(map_type, key.as_ptr(), key.len(), d, s) })
 }
 
+/// `proxy_get_header_map_pairs`: the whole map in the ABI's pairs serialization (see
+/// [`serialize_pairs`] and [`Pairs`]).
+pub fn header_pairs(map_type: u32) -> Result<Option<Vec<u8>>, u32> {
+    // SAFETY: as for `buffer`.
+    fetch(|d, s| unsafe { proxy_get_header_map_pairs(map_type, d, s) })
+}
+
+/// `proxy_set_tick_period_milliseconds`: `proxy_on_tick` every `period` ms from now on.
+pub fn set_tick_period(period_ms: u32) -> Result<(), u32> {
+    // SAFETY: no pointers.
+    match unsafe { proxy_set_tick_period_milliseconds(period_ms) } {
+        OK => Ok(()),
+        status => Err(status),
+    }
+}
+
 /// `proxy_get_property`; `path` is the segments joined by NUL bytes.
 pub fn property(path: &[u8]) -> Result<Option<Vec<u8>>, u32> {
     // SAFETY: as for `buffer`; `path` outlives the call.
@@ -233,4 +255,46 @@ pub fn serialize_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         out.push(0);
     }
     out
+}
+
+/// A map in the ABI's pairs serialization, read in place. Entries a malformed buffer does not
+/// hold are simply not there: no lookup reads out of bounds or fails loudly.
+#[derive(Debug, Clone, Copy)]
+pub struct Pairs<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Pairs<'a> {
+    pub fn new(bytes: &'a [u8]) -> Pairs<'a> {
+        Pairs { bytes }
+    }
+
+    /// The first value of `name` (compared exactly: hosts hand header names in lower case).
+    pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Every (name, value), in the host's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let bytes = self.bytes;
+        let word = move |at: usize| -> Option<usize> {
+            let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+            usize::try_from(u32::from_le_bytes(b)).ok()
+        };
+        let count = word(0).unwrap_or(0);
+        // Sizes follow the count; the data follows the sizes.
+        let mut data = count
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(4))
+            .unwrap_or(usize::MAX);
+        (0..count).map_while(move |i| {
+            let k = word(4 + i * 8)?;
+            let v = word(8 + i * 8)?;
+            let key = bytes.get(data..data.checked_add(k)?)?;
+            let value_at = data.checked_add(k)?.checked_add(1)?;
+            let value = bytes.get(value_at..value_at.checked_add(v)?)?;
+            data = value_at.checked_add(v)?.checked_add(1)?;
+            Some((key, value))
+        })
+    }
 }

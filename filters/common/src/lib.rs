@@ -4,6 +4,7 @@
 
 pub mod abi;
 pub mod alloc;
+pub mod entry;
 
 /// The filters' allocator (see [`alloc`]): only in the Wasm module, where it is single-threaded.
 #[cfg(target_arch = "wasm32")]
@@ -33,6 +34,42 @@ pub const PROP_RESPONSE_CODE: &[u8] = b"response\0code";
 /// NotFound and serves the node only here.
 pub const PROP_NODE: &[u8] = b"xds\0node";
 
+/// What a stream callback tells the host (`proxy_action_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Action {
+    Continue = 0,
+    /// Stop here: the filter answered the request (or reset it).
+    Pause = 1,
+}
+
+/// Envoy's property naming the plugin being configured (the filter config's `name`).
+pub const PROP_PLUGIN_NAME: &[u8] = b"plugin_name";
+
+/// The name of the plugin that configured this VM, to tell a reconfiguration (same name) from a
+/// second plugin sharing the VM (see [`entry`]).
+#[derive(Debug, Default)]
+pub struct PluginName(Option<Vec<u8>>);
+
+impl PluginName {
+    /// Records the plugin now configuring; returns the previous one's name when it differs.
+    pub fn configuring(&mut self) -> Option<String> {
+        let now = property(PROP_PLUGIN_NAME);
+        let before = std::mem::replace(&mut self.0, now.clone());
+        match (before, now) {
+            (Some(b), Some(n)) if b != n => Some(String::from_utf8_lossy(&b).into_owned()),
+            _ => None,
+        }
+    }
+
+    /// This plugin's name, for log lines.
+    pub fn name(&self) -> String {
+        self.0
+            .as_deref()
+            .map_or_else(String::new, |n| String::from_utf8_lossy(n).into_owned())
+    }
+}
+
 /// The plugin configuration handed to `on_configure`, or `None` if the host has none.
 pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
     abi::buffer(abi::PLUGIN_CONFIGURATION, 0, size)
@@ -58,6 +95,11 @@ pub fn bool_property(path: &[u8]) -> Option<bool> {
 pub fn int_property(path: &[u8]) -> Option<i64> {
     let bytes: [u8; 8] = property(path)?.try_into().ok()?;
     Some(i64::from_le_bytes(bytes))
+}
+
+/// The request headers, all at once (one host call): see [`abi::Pairs`].
+pub fn request_headers() -> Option<Vec<u8>> {
+    abi::header_pairs(abi::REQUEST_HEADERS).ok().flatten()
 }
 
 /// A request header's raw value (`name` in lower case); unavailable is `None`.

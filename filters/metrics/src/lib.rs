@@ -1,10 +1,12 @@
 //! meshguard request metrics filter.
 //!
-//! Runs in the inbound sidecar of one workload and, when each stream ends (`on_log`, which Envoy
-//! calls for every stream, including those a filter before it answered locally), counts the
-//! request by source service, destination, method and response-code class and records its
-//! duration (Envoy's `request.duration`). The metrics are defined through the Proxy-Wasm metrics API, so Envoy exports them on
-//! its Prometheus endpoint (see docs/metrics.md for the Istio settings that label them).
+//! Runs in the inbound sidecar of one workload and, when each stream ends (`proxy_on_log`, which
+//! Envoy calls for every stream, including those a filter before it answered locally, and the
+//! module's only stream callback: see `meshguard_filter_common::entry`), counts the request by
+//! source service, destination, method and response-code class and records its duration (Envoy's
+//! `request.duration`; a host without that property gets the counts but no durations). The
+//! metrics are defined through the Proxy-Wasm metrics API, so Envoy exports them on its
+//! Prometheus endpoint (see docs/metrics.md for the Istio settings that label them).
 //!
 //! A gRPC or gRPC-web response is classed by its `grpc-status` (as Envoy's `grpcToHttpStatus`
 //! maps it), since its HTTP status is 200 whatever happened. Without a valid configuration the
@@ -13,17 +15,25 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use meshguard_filter_common::{self as common, Metrics};
+use meshguard_filter_common::abi::Pairs;
+use meshguard_filter_common::{self as common, Metrics, PluginName};
 use meshguard_mesh::fasthash::BytesTable;
 use meshguard_mesh::http::GrpcKind;
 use meshguard_mesh::{http, metrics, MetricsConfig};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
 
-proxy_wasm::main! {{
-    common::init_logging(log::LevelFilter::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot) });
-}}
+/// The filter's own exports (the shared ones are in `meshguard_filter_common::entry`).
+#[allow(unsafe_code)] // `no_mangle`: the names the host calls
+mod exports {
+    #[no_mangle]
+    pub extern "C" fn proxy_on_configure(_root_context_id: u32, configuration_size: usize) -> bool {
+        super::configure(configuration_size)
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_log(_context_id: u32) {
+        super::on_log();
+    }
+}
 
 /// What a stream needs from the configuration.
 struct Settings {
@@ -39,12 +49,10 @@ const SOURCE_NONE: usize = 0;
 const SOURCE_UNKNOWN: usize = 1;
 
 impl Settings {
-    /// The `source` label's index: the peer's service, `unknown` for an identity the mesh does
-    /// not know, `none` without mTLS.
-    fn source(&self, mtls: Option<bool>, peer: Option<&[u8]>) -> usize {
-        if mtls != Some(true) {
-            return SOURCE_NONE;
-        }
+    /// The `source` label's index from the peer's URI SAN: the peer's service, `unknown` for an
+    /// identity the mesh does not know, `none` without one. A peer URI SAN means mTLS in Envoy
+    /// (see the authorization filter's `mtls`), so the SAN alone decides.
+    fn source(&self, peer: Option<&[u8]>) -> usize {
         match peer {
             None | Some([]) => SOURCE_NONE,
             Some(id) => match self.peers.get(id) {
@@ -72,162 +80,131 @@ impl Settings {
 const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other", "none"];
 
 thread_local! {
-    /// The current configuration (`None`: none valid). Streams read it here, so a stream holds
-    /// only its start time.
+    /// The current configuration (`None`: none valid), which every stream reads.
     static SETTINGS: RefCell<Option<Rc<Settings>>> = const { RefCell::new(None) };
     /// Metric handles; they outlive reconfigurations.
     static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
+    static PLUGIN: RefCell<PluginName> = RefCell::new(PluginName::default());
 }
 
-struct MetricsRoot;
-
-impl Context for MetricsRoot {}
-
-impl RootContext for MetricsRoot {
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        common::sync_log_level();
-        SETTINGS.with(|s| s.replace(None));
-        METRICS.with(|m| m.borrow_mut().clear_keys());
-        let Some(raw) = common::plugin_configuration(plugin_configuration_size) else {
-            log::error!("meshguard-metrics: no plugin configuration; not measuring");
-            return false;
-        };
-        match MetricsConfig::from_json(&raw) {
-            Ok(cfg) => {
-                log::info!(
-                    "meshguard-metrics: measuring {} with {} known peers",
-                    cfg.workload,
-                    cfg.peers.len()
-                );
-                let mut peers = BytesTable::default();
-                let mut names = Vec::with_capacity(cfg.peers.len());
-                for (id, name) in cfg.peers {
-                    peers.insert(id.into_bytes().into_boxed_slice(), names.len());
-                    names.push(name);
-                }
-                let settings = Settings {
-                    workload: cfg.workload,
-                    level: common::log_level(cfg.log_level),
-                    peers,
-                    names,
-                };
-                SETTINGS.with(|s| s.replace(Some(Rc::new(settings))));
-                true
+/// `proxy_on_configure`: the workload and its peers; a bad configuration measures nothing.
+fn configure(plugin_configuration_size: usize) -> bool {
+    common::entry::follow_log_level();
+    SETTINGS.with(|s| s.replace(None));
+    METRICS.with(|m| m.borrow_mut().clear_keys());
+    if let Some(other) = PLUGIN.with(|p| p.borrow_mut().configuring()) {
+        let name = PLUGIN.with(|p| p.borrow().name());
+        log::error!(
+            "meshguard-metrics: plugins {other} and {name} share this Wasm VM (same module, no VM id); both now run {name}'s configuration"
+        );
+    }
+    let Some(raw) = common::plugin_configuration(plugin_configuration_size) else {
+        log::error!("meshguard-metrics: no plugin configuration; not measuring");
+        return false;
+    };
+    match MetricsConfig::from_json(&raw) {
+        Ok(cfg) => {
+            log::info!(
+                "meshguard-metrics: measuring {} with {} known peers",
+                cfg.workload,
+                cfg.peers.len()
+            );
+            let mut peers = BytesTable::default();
+            let mut names = Vec::with_capacity(cfg.peers.len());
+            for (id, name) in cfg.peers {
+                peers.insert(id.into_bytes().into_boxed_slice(), names.len());
+                names.push(name);
             }
-            Err(e) => {
-                log::error!("meshguard-metrics: {e}; not measuring");
-                false
-            }
+            let settings = Settings {
+                workload: cfg.workload,
+                level: common::log_level(cfg.log_level),
+                peers,
+                names,
+            };
+            SETTINGS.with(|s| s.replace(Some(Rc::new(settings))));
+            true
+        }
+        Err(e) => {
+            log::error!("meshguard-metrics: {e}; not measuring");
+            false
         }
     }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Always a context: the SDK panics on `None`. Unconfigured, it measures nothing.
-        Some(Box::new(MetricsStream { started_ns: None }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct MetricsStream {
-    /// 8-aligned, so its box is one of the allocator's small blocks.
-    started_ns: Option<u64>,
 }
 
 fn settings() -> Option<Rc<Settings>> {
     SETTINGS.with(|s| s.borrow().clone())
 }
 
-impl Context for MetricsStream {}
-
-impl HttpContext for MetricsStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if SETTINGS.with(|s| s.borrow().is_some()) {
-            self.started_ns = common::now_nanos();
-        }
-        Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        let Some(s) = settings() else {
-            return;
-        };
-        common::sync_log_level();
-        let mtls = common::bool_property(common::PROP_MTLS);
-        let peer = match mtls {
-            Some(true) => common::property(common::PROP_PEER_URI_SAN),
-            _ => None,
-        };
-        let source_index = s.source(mtls, peer.as_deref());
-        let method = common::request_header(":method");
-        let method_index = http::method_index(method.as_deref().unwrap_or_default());
-        let status = common::int_property(common::PROP_RESPONSE_CODE)
-            .and_then(|c| u64::try_from(c).ok())
-            .or_else(|| common::response_header(":status").and_then(|v| http::parse_status(&v)));
-        let grpc = common::request_header("content-type")
-            .is_some_and(|ct| http::grpc_kind(&ct) != GrpcKind::None);
-        let status = if grpc {
-            // Trailers-only responses (every local gRPC denial) carry it in the headers.
-            common::response_header("grpc-status")
-                .or_else(|| common::response_trailer("grpc-status"))
-                .and_then(|v| http::parse_grpc_status(&v))
-                .map(http::grpc_to_http_status)
-                .or(status)
-        } else {
-            status
-        };
-        let class_index = match status {
-            Some(100..=199) => 0,
-            Some(200..=299) => 1,
-            Some(300..=399) => 2,
-            Some(400..=499) => 3,
-            Some(500..=599) => 4,
-            Some(_) => 5,
-            None => 6,
-        };
-        let class = CLASSES.get(class_index).copied().unwrap_or("none");
-        let source = s.source_label(source_index);
-        let method = http::KNOWN_METHODS
-            .get(method_index)
-            .copied()
-            .unwrap_or("OTHER");
-        // Series keys: the label indices, the metric in the top bits.
-        let counter_key =
-            ((source_index as u64) << 16) | ((method_index as u64) << 8) | class_index as u64;
-        let duration_key = (1 << 56) | ((source_index as u64) << 16) | class_index as u64;
-        METRICS.with(|m| {
-            let mut m = m.borrow_mut();
-            m.count_keyed(counter_key, || {
-                metrics::requests_total(source, &s.workload, method, class)
-            });
-            // A stream a filter before us answered locally never reached our request headers:
-            // it has no start time of ours, so it is counted but not timed.
-            // Envoy's `request.duration` covers every stream, including one an earlier filter
-            // answered locally, for which this filter's request-headers callback never runs;
-            // the start time taken there is for hosts without that property.
-            let nanos = common::int_property(common::PROP_REQUEST_DURATION)
-                .and_then(|d| u64::try_from(d).ok())
-                .or_else(|| {
-                    let (start, end) = (self.started_ns?, common::now_nanos()?);
-                    Some(end.saturating_sub(start))
-                });
-            if let Some(nanos) = nanos {
-                let ms = nanos / 1_000_000;
-                m.record_keyed(
-                    duration_key,
-                    || metrics::request_duration(source, &s.workload, class),
-                    ms,
-                );
-            }
+/// `proxy_on_log`: counts and times the stream that ended.
+fn on_log() {
+    let Some(s) = settings() else {
+        return;
+    };
+    let peer = common::property(common::PROP_PEER_URI_SAN);
+    let source_index = s.source(peer.as_deref());
+    // The request headers in one host call: the method and the content type come from there.
+    let headers = common::request_headers().unwrap_or_default();
+    let headers = Pairs::new(&headers);
+    let method = headers.get(b":method");
+    let method_index = http::method_index(method.unwrap_or_default());
+    let status = common::int_property(common::PROP_RESPONSE_CODE)
+        .and_then(|c| u64::try_from(c).ok())
+        .or_else(|| common::response_header(":status").and_then(|v| http::parse_status(&v)));
+    let grpc = headers
+        .get(b"content-type")
+        .is_some_and(|ct| http::grpc_kind(ct) != GrpcKind::None);
+    let status = if grpc {
+        // Trailers-only responses (every local gRPC denial) carry it in the headers.
+        common::response_header("grpc-status")
+            .or_else(|| common::response_trailer("grpc-status"))
+            .and_then(|v| http::parse_grpc_status(&v))
+            .map(http::grpc_to_http_status)
+            .or(status)
+    } else {
+        status
+    };
+    let class_index = match status {
+        Some(100..=199) => 0,
+        Some(200..=299) => 1,
+        Some(300..=399) => 2,
+        Some(400..=499) => 3,
+        Some(500..=599) => 4,
+        Some(_) => 5,
+        None => 6,
+    };
+    let class = CLASSES.get(class_index).copied().unwrap_or("none");
+    let source = s.source_label(source_index);
+    let method = http::KNOWN_METHODS
+        .get(method_index)
+        .copied()
+        .unwrap_or("OTHER");
+    // Series keys: the label indices, the metric in the top bits.
+    let counter_key =
+        ((source_index as u64) << 16) | ((method_index as u64) << 8) | class_index as u64;
+    let duration_key = (1 << 56) | ((source_index as u64) << 16) | class_index as u64;
+    METRICS.with(|m| {
+        let mut m = m.borrow_mut();
+        m.count_keyed(counter_key, || {
+            metrics::requests_total(source, &s.workload, method, class)
         });
-        if log::log_enabled!(s.level) {
-            log::log!(
-                s.level,
-                "meshguard-metrics: source={source} destination={} method={method} code_class={class}",
-                s.workload
+        // Envoy's `request.duration` covers every stream, including one an earlier filter
+        // answered locally.
+        let nanos =
+            common::int_property(common::PROP_REQUEST_DURATION).and_then(|d| u64::try_from(d).ok());
+        if let Some(nanos) = nanos {
+            let ms = nanos / 1_000_000;
+            m.record_keyed(
+                duration_key,
+                || metrics::request_duration(source, &s.workload, class),
+                ms,
             );
         }
+    });
+    if log::log_enabled!(s.level) {
+        log::log!(
+            s.level,
+            "meshguard-metrics: source={source} destination={} method={method} code_class={class}",
+            s.workload
+        );
     }
 }

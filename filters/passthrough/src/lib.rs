@@ -1,5 +1,7 @@
-//! An empty pass-through filter built exactly like the meshguard filters: the benchmark's baseline,
-//! so the cost reported for each filter is its own work, not the host's or the SDK's.
+//! An empty pass-through filter built with the Proxy-Wasm Rust SDK (proxy-wasm 0.2.5), as most
+//! Rust filters are: the benchmarks' baseline, the cost any such filter pays. The meshguard filters
+//! do not use the SDK's dispatcher: they export only the callbacks they need
+//! (`meshguard_filter_common::entry`), so a request calls into them fewer times than into this.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};

@@ -143,12 +143,18 @@ fn denies_without_mtls() -> R {
         .properties(Properties::new().plaintext());
     assert_denied(&h.http_request(&forged)?, "no_mtls");
     // `connection.mtls` in a form Envoy never sends is not "true".
-    let odd = RequestSpec::get("/orders").properties(
+    let odd = RequestSpec::get("/orders")
+        .properties(Properties::new().with(&["connection", "mtls"], vec![1, 0]));
+    assert_denied(&h.http_request(&odd)?, "no_mtls");
+    // A peer URI SAN comes from the peer's certificate, which is what `connection.mtls` means in
+    // Envoy (source/extensions/filters/common/expr/context.cc, `ConnectionLookup`): the filter
+    // reads `connection.mtls` only for a request without one.
+    let san_only = RequestSpec::get("/orders").properties(
         Properties::new()
             .mtls_peer(&identity("user-service"))
             .with(&["connection", "mtls"], vec![1, 0]),
     );
-    assert_denied(&h.http_request(&odd)?, "no_mtls");
+    assert!(h.http_request(&san_only)?.local_response.is_none());
     Ok(())
 }
 
@@ -285,8 +291,11 @@ fn decisions_below_the_hosts_log_level_are_not_logged() -> R {
         "{:?}",
         out.logs
     );
-    // The host's level is read on every request: raised, the same decision is logged.
+    // The filter re-reads the host's level every second (`proxy_on_tick`): raised, and a tick
+    // later, the same decision is logged.
+    assert_eq!(h.tick_period(), Some(std::time::Duration::from_secs(1)));
     h.set_log_level(LogLevel::Debug);
+    h.tick()?;
     let out = h.http_request(&from_service("user-service", "GET", "/admin"))?;
     assert!(
         out.logs

@@ -298,6 +298,12 @@ fn request(run: &mut Run, s: &Scenario, r: &Request) -> Outcome {
             let n = u32::try_from(scope.stream().response.len()).unwrap_or(0);
             scope.on_response_headers(stream, n, true)?;
         }
+        // Envoy's `request.duration`, which it serves once the request is complete (the
+        // access-log phase): this host serves no stream properties of its own.
+        scope.stream_mut().properties.insert(
+            key(&["request", "duration"]),
+            1_000_000i64.to_le_bytes().to_vec(),
+        );
         // This host's order: done, then log, then delete (Envoy logs first).
         scope.on_done(stream)?;
         scope.on_log(stream)?;

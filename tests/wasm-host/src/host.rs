@@ -695,10 +695,11 @@ impl Host {
     pub fn new_stream(&mut self, properties: Properties) -> Stream<'_> {
         let id = self.next_context_id;
         self.next_context_id = self.next_context_id.wrapping_add(1).max(2);
+        let started = self.store.data().monotonic_ns;
         self.store
             .data_mut()
             .streams
-            .insert(id, StreamState::new(properties));
+            .insert(id, StreamState::new(properties, started));
         let logs_before = self.store.data().logs.len();
         Stream {
             host: self,

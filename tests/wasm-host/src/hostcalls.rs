@@ -397,6 +397,12 @@ fn lookup_property(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         if let Some(v) = stream.properties.get_raw(path) {
             return Some(v.to_vec());
         }
+        // Envoy's `request.duration` (RequestWrapper): the stream's duration once the request is
+        // complete, which in a filter is the access-log phase.
+        if path == b"request\0duration" && stream.log_phase {
+            let nanos = st.monotonic_ns.saturating_sub(stream.started_monotonic_ns);
+            return Some(property::int64(i64::try_from(nanos).unwrap_or(i64::MAX)));
+        }
         if let Some(v) = derived_stream_property(stream, path) {
             return Some(v);
         }

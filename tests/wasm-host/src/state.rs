@@ -54,11 +54,14 @@ pub(crate) struct StreamState {
     pub reset: bool,
     pub response_code: Option<u32>,
     pub response_code_details: Option<String>,
+    /// The host's monotonic clock when the stream opened (Envoy's `StreamInfo` start time).
+    pub started_monotonic_ns: u64,
 }
 
 impl StreamState {
-    pub fn new(properties: Properties) -> StreamState {
+    pub fn new(properties: Properties, started_monotonic_ns: u64) -> StreamState {
         StreamState {
+            started_monotonic_ns,
             properties,
             filter_state: HashMap::new(),
             phase: StreamPhase::Created,
