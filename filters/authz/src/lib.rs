@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use meshguard_filter_common::abi::Pairs;
-use meshguard_filter_common::{self as common, abi, Action, Metrics, PluginName};
+use meshguard_filter_common::{self as common, abi, Action, Metrics};
 use meshguard_mesh::http::{self, GrpcKind, METHOD_OVERRIDE_HEADERS};
 use meshguard_mesh::{
     metrics, Authorizer, Decision, DenyReason, Facts, Mode, NodeFacts, WorkloadCheck,
@@ -67,7 +67,6 @@ thread_local! {
     static STATE: RefCell<Option<Rc<State>>> = const { RefCell::new(None) };
     /// Metric handles; they outlive reconfigurations.
     static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
-    static PLUGIN: RefCell<PluginName> = RefCell::new(PluginName::default());
 }
 
 /// A denial's local reply in each form (see [`deny`]).
@@ -120,18 +119,14 @@ impl Reply {
 /// `proxy_on_configure`: compiles the policy and checks the workload; a bad configuration leaves
 /// nothing admitted.
 fn configure(plugin_configuration_size: usize) -> bool {
-    common::entry::follow_log_level();
     // A new configuration replaces the old one; if it is bad, nothing is admitted.
     STATE.with(|s| s.replace(None));
     METRICS.with(|m| m.borrow_mut().clear_keys());
-    if let Some(other) = PLUGIN.with(|p| p.borrow_mut().configuring()) {
-        let name = PLUGIN.with(|p| p.borrow().name());
-        log::error!(
-            "meshguard-authz: plugins {other} and {name} share this Wasm VM (same module, no VM id); both now run {name}'s configuration"
-        );
-    }
-    let Some(raw) = common::plugin_configuration(plugin_configuration_size) else {
-        log::error!("meshguard-authz: no plugin configuration; denying every request");
+    let Some(raw) = common::entry::begin_configure(
+        "meshguard-authz",
+        "denying every request",
+        plugin_configuration_size,
+    ) else {
         return false;
     };
     match Authorizer::from_json(&raw) {

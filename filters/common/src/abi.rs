@@ -37,7 +37,6 @@ pub const METRIC_HISTOGRAM: u32 = 2;
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
-    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -120,16 +119,6 @@ pub fn log_level() -> Option<u32> {
     // SAFETY: `level` is a valid place for the host to write a u32.
     match unsafe { proxy_get_log_level(&mut level) } {
         OK => Some(level),
-        _ => None,
-    }
-}
-
-/// `proxy_get_current_time_nanoseconds`.
-pub fn now_nanos() -> Option<u64> {
-    let mut t = 0;
-    // SAFETY: `t` is a valid place for the host to write a u64.
-    match unsafe { proxy_get_current_time_nanoseconds(&mut t) } {
-        OK => Some(t),
         _ => None,
     }
 }

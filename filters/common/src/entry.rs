@@ -28,9 +28,34 @@ pub fn allocate(size: usize) -> *mut u8 {
 /// How often the filters re-read the host's log level (`proxy_on_tick`).
 pub const LOG_LEVEL_PERIOD_MS: u32 = 1000;
 
-/// Reads the host's log level now and then every [`LOG_LEVEL_PERIOD_MS`]: a filter calls this
-/// when it is configured. A host without timers leaves the level as it was configured.
-pub fn follow_log_level() {
+/// What every filter does first in `proxy_on_configure`: follows the host's log level, notes which
+/// plugin is configuring the VM (logging an error when a second one shares it), and reads the
+/// plugin configuration. `None`, logged with `without` (what the filter then does), when the host
+/// has none.
+pub fn begin_configure(filter: &str, without: &str, size: usize) -> Option<Vec<u8>> {
+    follow_log_level();
+    if let Some(other) = PLUGIN.with(|p| p.borrow_mut().configuring()) {
+        let name = PLUGIN.with(|p| p.borrow().name());
+        log::error!(
+            "{filter}: plugins {other} and {name} share this Wasm VM (same module, no VM id); both now run {name}'s configuration"
+        );
+    }
+    let raw = crate::plugin_configuration(size);
+    if raw.is_none() {
+        log::error!("{filter}: no plugin configuration; {without}");
+    }
+    raw
+}
+
+thread_local! {
+    /// The plugin that configured this module's VM last.
+    static PLUGIN: std::cell::RefCell<crate::PluginName> =
+        std::cell::RefCell::new(crate::PluginName::default());
+}
+
+/// Reads the host's log level now and then every [`LOG_LEVEL_PERIOD_MS`]. A host without timers
+/// leaves the level as it was configured.
+fn follow_log_level() {
     crate::sync_log_level();
     if let Err(status) = crate::abi::set_tick_period(LOG_LEVEL_PERIOD_MS) {
         log::warn!("meshguard: the host has no timer (status {status}); the log level read at configuration stays");

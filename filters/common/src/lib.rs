@@ -123,11 +123,6 @@ pub fn response_trailer(name: &str) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// The host clock in nanoseconds since the epoch, if it answers.
-pub fn now_nanos() -> Option<u64> {
-    abi::now_nanos()
-}
-
 /// A `log` backend over [`abi::log`]: unlike the SDK's logger it never panics when the host
 /// refuses a line.
 struct HostLogger;

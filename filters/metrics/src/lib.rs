@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use meshguard_filter_common::abi::Pairs;
-use meshguard_filter_common::{self as common, Metrics, PluginName};
+use meshguard_filter_common::{self as common, Metrics};
 use meshguard_mesh::fasthash::BytesTable;
 use meshguard_mesh::http::GrpcKind;
 use meshguard_mesh::{http, metrics, MetricsConfig};
@@ -84,22 +84,17 @@ thread_local! {
     static SETTINGS: RefCell<Option<Rc<Settings>>> = const { RefCell::new(None) };
     /// Metric handles; they outlive reconfigurations.
     static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
-    static PLUGIN: RefCell<PluginName> = RefCell::new(PluginName::default());
 }
 
 /// `proxy_on_configure`: the workload and its peers; a bad configuration measures nothing.
 fn configure(plugin_configuration_size: usize) -> bool {
-    common::entry::follow_log_level();
     SETTINGS.with(|s| s.replace(None));
     METRICS.with(|m| m.borrow_mut().clear_keys());
-    if let Some(other) = PLUGIN.with(|p| p.borrow_mut().configuring()) {
-        let name = PLUGIN.with(|p| p.borrow().name());
-        log::error!(
-            "meshguard-metrics: plugins {other} and {name} share this Wasm VM (same module, no VM id); both now run {name}'s configuration"
-        );
-    }
-    let Some(raw) = common::plugin_configuration(plugin_configuration_size) else {
-        log::error!("meshguard-metrics: no plugin configuration; not measuring");
+    let Some(raw) = common::entry::begin_configure(
+        "meshguard-metrics",
+        "not measuring",
+        plugin_configuration_size,
+    ) else {
         return false;
     };
     match MetricsConfig::from_json(&raw) {
