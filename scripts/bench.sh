@@ -34,7 +34,7 @@ step "Measuring (about 2 minutes)"
 cargo build --release --locked -q -p meshguard-filter-tests --bin meshguard-bench
 "$ROOT/target/release/meshguard-bench" --markdown "$ROOT/docs/benchmarks.md"
 
-step "The filters in real Envoy: CPU per request, latency, memory (about 3 minutes)"
+step "The filters in real Envoy: CPU per request, latency, memory (about 5 minutes)"
 cargo build --release --locked -q -p meshguard-envoy-tests --bin meshguard-envoy-bench
 "$ROOT/target/release/meshguard-envoy-bench" --fortio "$fortio_dir/fortio" --markdown "$ROOT/docs/benchmarks.md"
 

@@ -199,6 +199,7 @@ pub struct Authorizer {
 
 impl Authorizer {
     /// Validates `config` and compiles it.
+    #[inline(never)] // see `config::parse_json`
     pub fn new(config: AuthzConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let identity = match &config.identity {
@@ -269,7 +270,7 @@ impl Authorizer {
         &self.workload_check
     }
 
-    /// Compares the node the filter runs in (`None`: the host has no `node` property) with the
+    /// Compares the node the filter runs in (`None`: nothing is known about it) with the
     /// configuration, and remembers the outcome for [`Authorizer::decide`]. A `WORKLOAD_NAME`,
     /// `NAMESPACE` or `SERVICE_ACCOUNT` that differs from the configuration is a mismatch.
     pub fn check_node(&mut self, node: Option<&NodeFacts>) -> &WorkloadCheck {

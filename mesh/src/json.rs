@@ -234,6 +234,7 @@ impl<'a> Reader<'a> {
 
     /// Reads an object, calling `field` with each key to read its value (and to refuse a key it
     /// has seen before). `expected` names the object in a type error.
+    #[inline(never)] // see `config::parse_json`
     pub(crate) fn object(
         &mut self,
         expected: &str,
@@ -277,6 +278,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads an array, calling `item` to read each element.
+    #[inline(never)] // see `config::parse_json`
     pub(crate) fn array(
         &mut self,
         mut item: impl FnMut(&mut Self) -> Result<(), ConfigError>,

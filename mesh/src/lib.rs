@@ -8,7 +8,7 @@
 //! - [`authz`]: the fail-closed authorization decision.
 //! - [`metrics`]: metric names and the Envoy tag rules that label them.
 //! - [`http`]: method, path, gRPC and status helpers.
-//! - [`node`]: the workload facts Envoy reports in its `node` property.
+//! - [`node`]: the workload facts of Istio's node metadata, as Envoy serves them.
 //!
 //! This crate builds for `wasm32-wasip1` (inside the filters) and natively (installer, tests).
 

@@ -1,63 +1,37 @@
-//! What Envoy says about the workload a filter runs in: the `xds.node` property.
+//! What Envoy says about the workload a filter runs in: the node's metadata, one field at a time.
 //!
-//! Envoy answers `proxy_get_property("xds\0node")` with the proxy's `envoy.config.core.v3.Node`
-//! message serialized as protobuf (`serializeValue`, `CelValue::Type::kMessage`, in Envoy's
-//! `source/extensions/common/wasm/context.cc`; the `xds` attributes are
-//! `source/extensions/filters/common/expr/context.cc` `XDSWrapper`). The top-level `node` property
-//! was removed in Envoy 1.33 (changelogs/1.33.0.yaml, PR #36619): asked for it, every Envoy of a
-//! supported Istio line answers NotFound. The message is large (50 to 60 KB in an Istio sidecar,
-//! most of it `extensions`, the list of every extension compiled in); decoding skips every field
-//! but `metadata`'s strings, once per configuration. Measured (tests/filters/tests/budget.rs): an
-//! Istio-sized node adds about 1,500 wasm instructions to the authorization filter's
-//! `on_configure` (285,000 with a bare node, most of it reading the policy), 1.01x. Istio's agent fills `node.metadata` (a
-//! `google.protobuf.Struct`) from the sidecar's environment (`pkg/bootstrap/config.go`,
+//! Envoy serves the proxy's `envoy.config.core.v3.Node` as the `xds.node` property
+//! (`source/extensions/filters/common/expr/context.cc`, `XDSWrapper`). The top-level `node`
+//! property was removed in Envoy 1.33 (changelogs/1.33.0.yaml, PR #36619): asked for it, every
+//! Envoy of a supported Istio line answers NotFound. The whole message is large (58,881 bytes in
+//! Istio's order-service sidecar, most of it `extensions`, the list of every extension compiled
+//! in), so the filter does not read it: Envoy's `proxy_get_property` walks a path into the message
+//! itself (`Context::getProperty` in source/extensions/common/wasm/context.cc: a message field by
+//! name, then a `google.protobuf.Struct` as a map by key), and answers
+//! `xds.node.metadata.<KEY>` with just that value, a string's bytes for a string (CEL's
+//! `serializeValue`). Three reads of a few bytes each at configuration, no protobuf decoding in the
+//! module, and no 58 KB copy into it.
+//!
+//! Istio's agent fills `node.metadata` from the sidecar's environment (`pkg/bootstrap/config.go`,
 //! `pkg/model/proxy.go` `NodeMetadata`): `NAMESPACE` from `POD_NAMESPACE`, `SERVICE_ACCOUNT` from
 //! the pod's `spec.serviceAccountName`, and `WORKLOAD_NAME` from `ISTIO_META_WORKLOAD_NAME`, which
 //! the injection template sets to the pod's `service.istio.io/workload-name` label or its
 //! Deployment's name.
-//!
-//! Only the fields read here are declared; protobuf decoding skips the others.
-
-/// `envoy.config.core.v3.Node`, the fields meshguard reads (`metadata = 3`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct NodeProto {
-    #[prost(string, tag = "1")]
-    pub id: String,
-    #[prost(message, optional, tag = "3")]
-    pub metadata: Option<StructProto>,
-}
-
-/// `google.protobuf.Struct`: `map<string, Value> fields = 1`, read as the repeated entry
-/// messages a protobuf map is on the wire (key = 1, value = 2).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct StructProto {
-    #[prost(message, repeated, tag = "1")]
-    pub fields: Vec<FieldEntry>,
-}
-
-/// One entry of [`StructProto::fields`].
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct FieldEntry {
-    #[prost(string, tag = "1")]
-    pub key: String,
-    #[prost(message, optional, tag = "2")]
-    pub value: Option<ValueProto>,
-}
-
-/// `google.protobuf.Value`, its `string_value = 3` (a member of the `kind` oneof; the other
-/// members are skipped, so a value of another kind reads as no string).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ValueProto {
-    #[prost(string, optional, tag = "3")]
-    pub string_value: Option<String>,
-}
 
 /// Node metadata keys Istio sets.
 pub const WORKLOAD_NAME: &str = "WORKLOAD_NAME";
 pub const NAMESPACE: &str = "NAMESPACE";
 pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
 
-/// The workload facts of a node; each is `None` when the metadata does not carry it as a string.
+/// The property path (segments joined by NUL, as the ABI passes them) of the node metadata
+/// field `key`: `xds.node.metadata.<key>`.
+pub fn metadata_path(key: &str) -> Vec<u8> {
+    let mut path = b"xds\0node\0metadata\0".to_vec();
+    path.extend_from_slice(key.as_bytes());
+    path
+}
+
+/// The workload facts of a node; each is `None` when the metadata does not carry it as text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeFacts {
     pub workload_name: Option<String>,
@@ -65,99 +39,66 @@ pub struct NodeFacts {
     pub service_account: Option<String>,
 }
 
-/// The `node` property could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the node property is not a protobuf Node message: {0}")]
-pub struct NodeDecodeError(String);
-
 impl NodeFacts {
-    /// Decodes the serialized `Node` message Envoy hands over.
-    pub fn from_node_proto(raw: &[u8]) -> Result<Self, NodeDecodeError> {
-        let node = <NodeProto as prost::Message>::decode(raw)
-            .map_err(|e| NodeDecodeError(e.to_string()))?;
-        let fields = node.metadata.map(|m| m.fields).unwrap_or_default();
-        // A map's last entry for a key wins, as protobuf decoding of maps has it.
-        let text = |key: &str| {
-            fields
-                .iter()
-                .rev()
-                .find(|e| e.key == key)
-                .and_then(|e| e.value.as_ref())
-                .and_then(|v| v.string_value.clone())
-        };
-        Ok(Self {
+    /// Reads the facts through `property` (a `proxy_get_property` of a path; `None`: not found or
+    /// unreadable). A value that is not UTF-8 text (Envoy serializes a number as 8 bytes of a
+    /// double, a boolean as one byte) is no name and reads as absent.
+    pub fn read(mut property: impl FnMut(&[u8]) -> Option<Vec<u8>>) -> Self {
+        let mut text =
+            |key: &str| property(&metadata_path(key)).and_then(|raw| String::from_utf8(raw).ok());
+        Self {
             workload_name: text(WORKLOAD_NAME),
             namespace: text(NAMESPACE),
             service_account: text(SERVICE_ACCOUNT),
-        })
+        }
     }
 
-    /// Encodes these facts as Envoy would serialize such a node (for tests and test hosts).
-    pub fn to_node_proto(&self) -> Vec<u8> {
-        let mut fields = Vec::new();
-        for (key, value) in [
+    /// The fields present, by their metadata key: what a host serves at
+    /// [`metadata_path`]`(key)` for such a node (for tests and test hosts).
+    pub fn fields(&self) -> Vec<(&'static str, &str)> {
+        [
             (WORKLOAD_NAME, &self.workload_name),
             (NAMESPACE, &self.namespace),
             (SERVICE_ACCOUNT, &self.service_account),
-        ] {
-            if let Some(v) = value {
-                fields.push(FieldEntry {
-                    key: key.to_owned(),
-                    value: Some(ValueProto {
-                        string_value: Some(v.clone()),
-                    }),
-                });
-            }
-        }
-        let node = NodeProto {
-            id: "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local".to_owned(),
-            metadata: Some(StructProto { fields }),
-        };
-        prost::Message::encode_to_vec(&node)
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.as_deref().map(|v| (key, v)))
+        .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
-    fn round_trips_and_skips_unknown_fields() {
+    fn reads_the_fields_a_host_serves() {
         let facts = NodeFacts {
             workload_name: Some("order-service".into()),
             namespace: Some("shop".into()),
             service_account: None,
         };
-        let raw = facts.to_node_proto();
-        assert_eq!(NodeFacts::from_node_proto(&raw), Ok(facts.clone()));
-        // Unknown fields of Node (cluster = 2, user_agent_name = 6) are skipped.
-        let mut more = vec![
-            0x12, 3, b'a', b'b', b'c', 0x32, 5, b'e', b'n', b'v', b'o', b'y',
-        ];
-        more.extend_from_slice(&raw);
-        assert_eq!(NodeFacts::from_node_proto(&more), Ok(facts));
+        let served: HashMap<Vec<u8>, Vec<u8>> = facts
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (metadata_path(k), v.as_bytes().to_vec()))
+            .collect();
         assert_eq!(
-            NodeFacts::from_node_proto(b""),
-            Ok(NodeFacts::default()),
-            "an empty message is a node without metadata"
+            metadata_path(NAMESPACE),
+            b"xds\0node\0metadata\0NAMESPACE".to_vec()
         );
-        assert!(NodeFacts::from_node_proto(b"\x1a\xff").is_err());
-        assert!(NodeFacts::from_node_proto(b"\xff\xff\xff").is_err());
+        assert_eq!(NodeFacts::read(|p| served.get(p).cloned()), facts);
+        assert_eq!(NodeFacts::read(|_| None), NodeFacts::default());
     }
 
     #[test]
-    fn a_number_where_a_string_belongs_is_absent() {
-        // metadata { fields { key: "NAMESPACE" value { number_value: 1.0 } } }
-        let value = [0x11, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f]; // field 2, fixed64
-        let mut entry = vec![0x0a, 9];
-        entry.extend_from_slice(b"NAMESPACE");
-        entry.push(0x12);
-        entry.push(value.len() as u8);
-        entry.extend_from_slice(&value);
-        let mut st = vec![0x0a, entry.len() as u8];
-        st.extend_from_slice(&entry);
-        let mut node = vec![0x1a, st.len() as u8];
-        node.extend_from_slice(&st);
-        assert_eq!(NodeFacts::from_node_proto(&node), Ok(NodeFacts::default()));
+    fn a_value_that_is_not_text_is_absent() {
+        // Envoy's serialization of a Struct number (a double, 1.0) and of a boolean.
+        let number = 1.0f64.to_le_bytes().to_vec();
+        assert!(String::from_utf8(number.clone()).is_err());
+        let facts =
+            NodeFacts::read(|p| (p == metadata_path(NAMESPACE).as_slice()).then(|| number.clone()));
+        assert_eq!(facts, NodeFacts::default());
     }
 }

@@ -1,8 +1,9 @@
 //! meshguard identity authorization filter.
 //!
 //! Runs in the inbound (server-side) sidecar of one workload. At configuration it checks, from
-//! Envoy's `xds.node` property (Istio's node metadata), that it runs in the workload it was
-//! configured for. For each request it reads the mTLS facts Envoy exposes (`connection.mtls`,
+//! Istio's node metadata (Envoy's `xds.node.metadata.<KEY>` properties, see
+//! [`meshguard_mesh::node`]), that it runs in the workload it was configured for. For each
+//! request it reads the mTLS facts Envoy exposes (`connection.mtls`,
 //! `connection.uri_san_peer_certificate`, and `connection.uri_san_local_certificate` when the node
 //! metadata could not confirm the workload) and, when the caller's rule narrows by them, the
 //! request's `:method`, method overrides and `:path`, and asks the compiled policy
@@ -131,16 +132,17 @@ fn configure(plugin_configuration_size: usize) -> bool {
     };
     match Authorizer::from_json(&raw) {
         Ok(mut a) => {
-            let node = common::property(common::PROP_NODE).and_then(|raw| {
+            let node = NodeFacts::read(common::property);
+            if log::log_enabled!(log::Level::Debug) {
+                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
                 log::debug!(
-                    "meshguard-authz: node metadata read from xds.node ({} bytes)",
-                    raw.len()
+                    "meshguard-authz: node metadata WORKLOAD_NAME={} NAMESPACE={} SERVICE_ACCOUNT={}",
+                    show(&node.workload_name),
+                    show(&node.namespace),
+                    show(&node.service_account)
                 );
-                NodeFacts::from_node_proto(&raw)
-                    .map_err(|e| log::warn!("meshguard-authz: {e}"))
-                    .ok()
-            });
-            match a.check_node(node.as_ref()).clone() {
+            }
+            match a.check_node(Some(&node)).clone() {
                 WorkloadCheck::Mismatch(why) => log::error!(
                     "meshguard-authz: configured for {} but running in {why}; denying every request (reason=wrong_workload)",
                     a.workload()

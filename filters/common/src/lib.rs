@@ -28,11 +28,6 @@ pub const PROP_LOCAL_URI_SAN: &[u8] = b"connection\0uri_san_local_certificate";
 pub const PROP_REQUEST_DURATION: &[u8] = b"request\0duration";
 /// Envoy's property holding the response code (int64, little endian).
 pub const PROP_RESPONSE_CODE: &[u8] = b"response\0code";
-/// Envoy's `xds.node` property: the proxy's `envoy.config.core.v3.Node`, serialized protobuf.
-/// Envoy 1.33 removed the top-level `node` property (changelogs/1.33.0.yaml, envoy PR #36619);
-/// every Envoy an Istio release still supported ships (1.36 and later) answers `node` with
-/// NotFound and serves the node only here.
-pub const PROP_NODE: &[u8] = b"xds\0node";
 
 /// What a stream callback tells the host (`proxy_action_t`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

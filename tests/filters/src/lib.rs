@@ -120,7 +120,7 @@ pub fn metrics_config(service: &str) -> anyhow::Result<String> {
     Ok(mesh()?.metrics_config(service, LogLevel::Info)?.to_json())
 }
 
-/// The `node` property Istio gives the sidecar of the pod a configuration was rendered for: its
+/// The node metadata Istio gives the sidecar of the pod a configuration was rendered for: its
 /// workload name, and the namespace and service account of its `identity` when it has one. A
 /// configuration that does not parse gets no node.
 pub fn node_for(config: &[u8]) -> Properties {
@@ -142,10 +142,17 @@ pub fn node_for(config: &[u8]) -> Properties {
     } else {
         None
     };
-    match facts {
-        Some(f) => Properties::new().with(&["xds", "node"], f.to_node_proto()),
-        None => Properties::new(),
+    facts.map_or_else(Properties::new, |f| node_properties(&f))
+}
+
+/// The properties Envoy serves for a node with these facts: each metadata field at
+/// `xds.node.metadata.<KEY>` (see `meshguard_mesh::node`).
+pub fn node_properties(facts: &NodeFacts) -> Properties {
+    let mut p = Properties::new();
+    for (key, value) in facts.fields() {
+        p.set(&["xds", "node", "metadata", key], value.as_bytes().to_vec());
     }
+    p
 }
 
 /// A host running filter `name` with `config` in the pod it was rendered for ([`node_for`]),
@@ -369,6 +376,23 @@ pub mod bench {
 
     /// Largest `.wasm` of each filter, in KiB: every sidecar fetches and compiles each module.
     pub const MODULE_BUDGET_KIB: u64 = 160;
+
+    /// The size in bytes of the largest function body in the module at `path`. Envoy compiles
+    /// each function with V8's optimizing compiler (`--no-liftoff`, proxy-wasm-cpp-host
+    /// `src/v8/v8.cc`), whose memory for one function grows faster than its size and stays in
+    /// Envoy's heap afterwards; the filters' largest function is held to the empty SDK-built
+    /// filter's (its allocator, `dlmalloc`, which every Rust module has).
+    pub fn largest_function(path: &std::path::Path) -> anyhow::Result<u64> {
+        let bytes = std::fs::read(path)?;
+        let mut largest = 0;
+        for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+            if let wasmparser::Payload::CodeSectionEntry(body) = payload? {
+                let range = body.range();
+                largest = largest.max(range.end - range.start);
+            }
+        }
+        Ok(largest)
+    }
 
     /// A host for a scenario as an Istio sidecar runs it: configured for the pod its
     /// configuration was rendered for ([`super::node_for`]), Envoy's Wasm log level at Istio's

@@ -109,41 +109,45 @@ fn random_config(r: &mut Rng) -> (Vec<u8>, Shape) {
     )
 }
 
-fn random_node(r: &mut Rng, shape: &Shape) -> Option<Vec<u8>> {
+/// The node metadata values a host serves (`xds.node.metadata.<KEY>`), as raw bytes: usually text,
+/// sometimes bytes that are not (Envoy serializes a number or a boolean value as binary).
+fn random_node(r: &mut Rng, shape: &Shape) -> Vec<(&'static str, Vec<u8>)> {
+    use meshguard_mesh::node::{NAMESPACE, SERVICE_ACCOUNT, WORKLOAD_NAME};
     if r.chance(50) {
-        return Some(
-            NodeFacts {
-                workload_name: Some(shape.workload.into()),
-                namespace: Some("shop".into()),
-                service_account: Some(shape.workload.into()),
-            }
-            .to_node_proto(),
-        );
+        return NodeFacts {
+            workload_name: Some(shape.workload.into()),
+            namespace: Some("shop".into()),
+            service_account: Some(shape.workload.into()),
+        }
+        .fields()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_bytes().to_vec()))
+        .collect();
     }
-    let text = |r: &mut Rng| -> Option<String> {
-        match r.below(5) {
+    let value = |r: &mut Rng| -> Option<Vec<u8>> {
+        match r.below(6) {
             0 => None,
-            1 => Some("shop".into()),
-            2 => Some("other".into()),
-            _ => Some((r.pick(&SERVICES)).to_owned()),
+            1 => Some(b"shop".to_vec()),
+            2 => Some(b"other".to_vec()),
+            3 => Some(r.bytes(8)),
+            _ => Some(r.pick(&SERVICES).as_bytes().to_vec()),
         }
     };
-    match r.below(8) {
-        0 => None,
-        1 => Some(r.bytes(30)),
-        _ => Some(
-            NodeFacts {
-                workload_name: text(r),
-                namespace: if r.chance(70) {
-                    Some("shop".into())
-                } else {
-                    text(r)
-                },
-                service_account: text(r),
-            }
-            .to_node_proto(),
-        ),
+    if r.chance(12) {
+        return Vec::new();
     }
+    let mut node = Vec::new();
+    for key in [WORKLOAD_NAME, NAMESPACE, SERVICE_ACCOUNT] {
+        let v = if key == NAMESPACE && r.chance(70) {
+            Some(b"shop".to_vec())
+        } else {
+            value(r)
+        };
+        if let Some(v) = v {
+            node.push((key, v));
+        }
+    }
+    node
 }
 
 const PATHS: [&str; 24] = [
@@ -305,8 +309,8 @@ fn the_compiled_filter_decides_as_the_native_authorizer() -> anyhow::Result<()> 
         let (config, shape) = random_config(&mut r);
         let node = random_node(&mut r, &shape);
         let mut root = Properties::new();
-        if let Some(node) = &node {
-            root.set(&["xds", "node"], node.clone());
+        for (key, value) in &node {
+            root.set(&["xds", "node", "metadata", key], value.clone());
         }
         let mut host = Host::builder(&path)
             .plugin_config(config.clone())
@@ -315,10 +319,12 @@ fn the_compiled_filter_decides_as_the_native_authorizer() -> anyhow::Result<()> 
             .build()?;
         let configured = host.configure()?;
         let authorizer = Authorizer::from_json(&config).ok().map(|mut a| {
-            let facts = node
-                .as_deref()
-                .and_then(|n| NodeFacts::from_node_proto(n).ok());
-            a.check_node(facts.as_ref());
+            let facts = NodeFacts::read(|path| {
+                node.iter()
+                    .find(|(key, _)| meshguard_mesh::node::metadata_path(key) == path)
+                    .map(|(_, v)| v.clone())
+            });
+            a.check_node(Some(&facts));
             a
         });
         let show = String::from_utf8_lossy(&config).into_owned();

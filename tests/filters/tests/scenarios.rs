@@ -11,10 +11,10 @@ use meshguard_scenarios::{
 use proxy_wasm_host::{Host, HttpOutcome, Properties, RequestSpec, ResponseSpec, Status};
 
 fn host(s: &Scenario) -> anyhow::Result<(Host, bool)> {
-    let mut root = Properties::new();
-    if let Some(node) = &s.node {
-        root.set(&["xds", "node"], node.to_node_proto());
-    }
+    let root = s
+        .node
+        .as_ref()
+        .map_or_else(Properties::new, meshguard_filter_tests::node_properties);
     let mut b = Host::builder(module(s.filter.module())?)
         .plugin_config(s.config.clone())
         .root_properties(root)

@@ -99,8 +99,8 @@ pub struct Scenario {
     pub name: &'static str,
     pub filter: Filter,
     pub config: Vec<u8>,
-    /// The node metadata Istio's agent writes (served as the `xds.node` property, a serialized
-    /// `envoy.config.core.v3.Node`); `None`: a node without metadata.
+    /// The node metadata Istio's agent writes (served field by field as the
+    /// `xds.node.metadata.<KEY>` properties); `None`: a node without metadata.
     pub node: Option<NodeFacts>,
     /// What `on_configure` must answer.
     pub configures: bool,

@@ -2,8 +2,9 @@
 //!
 //! `MESHGUARD_FILTERS_DIR` names the folder of the `.wasm` files (`build_filters` in
 //! scripts/common.sh builds them). The embedding follows Envoy where the ABI leaves a choice: the
-//! plugin's `node` property is readable from the root context, request headers during
-//! `on_request_headers` and `on_log`, response headers during `on_response_headers` and `on_log`.
+//! node's metadata (`xds.node.metadata.<KEY>`) is readable from the root context, request
+//! headers during `on_request_headers` and `on_log`, response headers during
+//! `on_response_headers` and `on_log`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test assertions
 
@@ -194,16 +195,19 @@ fn start(host: &Host, module: &Module, s: &Scenario) -> (Run, bool) {
         .unwrap_or_else(|e| panic!("{}: instantiate: {e}", s.name));
     let mut root_state = Stream::default();
     if let Some(node) = &s.node {
-        root_state
-            .properties
-            .insert(key(&["xds", "node"]), node.to_node_proto());
+        for (field, value) in node.fields() {
+            root_state.properties.insert(
+                key(&["xds", "node", "metadata", field]),
+                value.as_bytes().to_vec(),
+            );
+        }
     }
     let plugin = PluginConfig::new()
         .with_name(s.filter.module())
         .with_root_id(s.filter.module())
         .with_configuration(s.config.clone());
     // By hand rather than `Guest::start`, which serves the root only `plugin_*` properties:
-    // Envoy serves a root context the `xds.node` property too.
+    // Envoy serves a root context the node's metadata (`xds.node.metadata.<KEY>`) too.
     let (answer, _) = guest.with(root_state, |scope| {
         let root = scope.on_context_create(None)?;
         let started = scope.on_vm_start(root)?;
