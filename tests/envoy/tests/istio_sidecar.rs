@@ -7,6 +7,8 @@
 //!   `:15090/stats/prometheus` serves) has every series docs/metrics.md documents, with exactly its
 //!   labels and the counts of the requests sent, and no `meshguard_` series with labels left in
 //!   its name.
+//! - **Overflow.** A flood of distinct callers, more than the metrics filter keeps series for,
+//!   ends in the overflow series, labelled `overflow` in `/stats/prometheus`.
 //! - **Workload check.** The authorization filter reads the node metadata Istio's agent writes,
 //!   field by field (`xds.node.metadata.<KEY>`): in its own workload's sidecar it confirms the
 //!   workload at configuration; another workload's policy in that sidecar denies every request
@@ -88,6 +90,19 @@ impl Mesh {
         policy_of: &str,
         name: &str,
     ) -> Envoy {
+        self.start_with(bin, ca, app, deployment, self.plugins(policy_of), name)
+    }
+
+    /// [`Mesh::start`] with these plugins.
+    fn start_with(
+        &self,
+        bin: &EnvoyBinary,
+        ca: &Ca,
+        app: &App,
+        deployment: &str,
+        plugins: Vec<Plugin>,
+        name: &str,
+    ) -> Envoy {
         let generated = self.sidecar(deployment);
         let dir = self.dir.join(name);
         let s = Sidecar {
@@ -102,7 +117,7 @@ impl Mesh {
                     .unwrap(),
             }],
             plaintext: false,
-            plugins: self.plugins(policy_of),
+            plugins,
             upstream: app.addr,
         };
         let opts = StartOptions {
@@ -384,6 +399,136 @@ fn documented_series_with_their_labels_and_counts_in_envoy_of_the_istio_line() {
 #[test]
 fn documented_series_with_their_labels_and_counts_in_the_newest_envoy() {
     metrics_in(&EnvoyBinary::all().unwrap()[1]);
+}
+
+/// A flood of distinct callers, each a peer the configuration names, more than the filter defines
+/// series for (`MAX_SERIES`): in `/stats/prometheus`, with Istio's tag rules, each caller's series
+/// up to the bound and then the overflow series, every label `overflow`, counting the rest.
+#[test]
+fn a_flood_of_distinct_callers_ends_in_the_labelled_overflow_series() {
+    use meshguard_mesh::metrics::{MAX_SERIES, OVERFLOW};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = mesh("overflow");
+    let bin = EnvoyBinary::istio().unwrap();
+    let ca = Ca::new().unwrap();
+    let app = rt.block_on(App::start()).unwrap();
+    let peers: Vec<String> = (0..MAX_SERIES + 100)
+        .map(|i| format!("caller-{i}"))
+        .collect();
+    let config = serde_json::json!({
+        "workload": "order-service",
+        "peers": peers
+            .iter()
+            .map(|p| (identity(p), Value::from(p.as_str())))
+            .collect::<serde_json::Map<String, Value>>(),
+    });
+    let mut plugin = sidecar::rendered_plugin(
+        sidecar::wasm_plugin(&m.objects, "order-service-metrics").unwrap(),
+    )
+    .unwrap();
+    plugin.configuration = Some(config.to_string());
+    let envoy = m.start_with(&bin, &ca, &app, "order-service", vec![plugin], "flood");
+    rt.block_on(async {
+        for p in &peers {
+            let caller = Caller::new(
+                &ca.cert_pem(),
+                Some(ca.issue(Some(&identity(p)), "c.test").unwrap()),
+            )
+            .unwrap();
+            assert_eq!(
+                send(
+                    &envoy,
+                    &caller,
+                    "order-service",
+                    "GET",
+                    200,
+                    Protocol::Http2
+                )
+                .await,
+                200
+            );
+        }
+    });
+    let total = peers.len() as f64;
+    let mut samples = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let sum = |samples: &[Sample], name: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.value)
+            .sum()
+    };
+    while std::time::Instant::now() < deadline {
+        samples = stats::parse(&envoy.admin_get("/stats/prometheus").unwrap()).unwrap();
+        if sum(&samples, "meshguard_requests_total") >= total
+            && sum(&samples, "meshguard_request_duration_milliseconds_count") >= total
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Each caller's first request defines a counter and a histogram series, until the bound.
+    let overflowed = (peers.len() * 2 - MAX_SERIES) / 2;
+    let o = OVERFLOW;
+    let requests = labels(&[
+        ("source", o),
+        ("destination", o),
+        ("method", o),
+        ("code_class", o),
+    ]);
+    let durations = labels(&[("source", o), ("destination", o), ("code_class", o)]);
+    assert_eq!(
+        value(&samples, "meshguard_requests_total", &requests),
+        Some(overflowed as f64),
+        "{samples:?}"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "meshguard_request_duration_milliseconds_count",
+            &durations
+        ),
+        Some(overflowed as f64)
+    );
+    let callers: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == "meshguard_requests_total"
+                && s.labels.get("source").map(String::as_str) != Some(o)
+        })
+        .collect();
+    assert_eq!(callers.len(), peers.len() - overflowed);
+    for s in &callers {
+        assert_eq!(s.value, 1.0, "{s:?}");
+        assert_eq!(
+            s.labels.get("destination").map(String::as_str),
+            Some("order-service")
+        );
+    }
+    assert_eq!(sum(&samples, "meshguard_requests_total"), total);
+    for s in samples.iter().filter(|s| s.name.starts_with("meshguard_")) {
+        assert!(
+            [
+                "meshguard_requests_total",
+                "meshguard_request_duration_milliseconds_bucket",
+                "meshguard_request_duration_milliseconds_sum",
+                "meshguard_request_duration_milliseconds_count",
+            ]
+            .contains(&s.name.as_str()),
+            "series with labels left in its name: {} {:?}",
+            s.name,
+            s.labels
+        );
+    }
+    eprintln!(
+        "Envoy {}: {} callers, {} in their own series, {overflowed} in the overflow series",
+        bin.version,
+        peers.len(),
+        callers.len()
+    );
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&m.dir);
 }
 
 #[test]
