@@ -155,6 +155,32 @@ async fn send(
         .status
 }
 
+fn sum(samples: &[Sample], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
+/// `/stats/prometheus` once it counts `requests` requests and as many durations. The metrics
+/// filter counts in on_log, after the response; Envoy exports histograms as of its last stats
+/// flush (every 5 s by default).
+fn prometheus_after(envoy: &Envoy, requests: f64) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        samples = stats::parse(&envoy.admin_get("/stats/prometheus").unwrap()).unwrap();
+        if sum(&samples, "meshguard_requests_total") >= requests
+            && sum(&samples, "meshguard_request_duration_milliseconds_count") >= requests
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    samples
+}
+
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -219,28 +245,7 @@ fn metrics_in(bin: &EnvoyBinary) {
             403
         );
     });
-    // The metrics filter counts in on_log, after the response; Envoy exports histograms as of
-    // its last stats flush (every 5 s by default). Wait until both show all 8 requests.
-    let want_total = 8.0;
-    let mut samples = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        let text = envoy.admin_get("/stats/prometheus").unwrap();
-        samples = stats::parse(&text).unwrap();
-        let sum = |name: &str| -> f64 {
-            samples
-                .iter()
-                .filter(|s| s.name == name)
-                .map(|s| s.value)
-                .sum()
-        };
-        if sum("meshguard_requests_total") >= want_total
-            && sum("meshguard_request_duration_milliseconds_count") >= want_total
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let samples = prometheus_after(&envoy, 8.0);
     let ours: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.name.starts_with("meshguard_"))
@@ -450,24 +455,7 @@ fn a_flood_of_distinct_callers_ends_in_the_labelled_overflow_series() {
         }
     });
     let total = peers.len() as f64;
-    let mut samples = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let sum = |samples: &[Sample], name: &str| -> f64 {
-        samples
-            .iter()
-            .filter(|s| s.name == name)
-            .map(|s| s.value)
-            .sum()
-    };
-    while std::time::Instant::now() < deadline {
-        samples = stats::parse(&envoy.admin_get("/stats/prometheus").unwrap()).unwrap();
-        if sum(&samples, "meshguard_requests_total") >= total
-            && sum(&samples, "meshguard_request_duration_milliseconds_count") >= total
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let samples = prometheus_after(&envoy, total);
     // Each caller's first request defines a counter and a histogram series, until the bound.
     let overflowed = (peers.len() * 2 - MAX_SERIES) / 2;
     let o = OVERFLOW;
