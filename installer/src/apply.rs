@@ -34,6 +34,8 @@ pub struct InstallOptions {
     pub skip_preflight: bool,
     /// Wait this long for the Deployments to become available.
     pub wait: Option<Duration>,
+    /// The mesh file the objects come from: preflight's findings about a service point at it.
+    pub mesh_file: Option<meshguard_manifests::MeshFile>,
 }
 
 /// One applied object.
@@ -83,7 +85,10 @@ pub async fn install(
         ));
     } else {
         progress.info(format!("preflight: checking {}", conn.origin));
-        let checks = preflight::run(conn, objects, opts).await?;
+        let mut checks = preflight::run(conn, objects, opts).await?;
+        if let Some(file) = &install.mesh_file {
+            checks.locate(file);
+        }
         for w in checks.warnings() {
             progress.warn(format!("{}\n  fix: {}", w.problem, w.fix));
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use meshguard_manifests::{Profile, RenderOptions};
+use meshguard_manifests::{Overrides, Profile, RenderOptions};
 use meshguard_mesh::{LogLevel, Mode};
 
 /// The namespace meshctl installs into unless `--namespace` says otherwise.
@@ -13,9 +13,11 @@ pub const DEFAULT_NAMESPACE: &str = "meshguard";
 pub const DEFAULT_TIMEOUT: &str = "5m";
 
 const LONG_ABOUT: &str = "\
-meshctl installs meshguard on a Kubernetes cluster running Istio: three services \
-(user-service -> order-service -> payment-service) whose sidecars enforce service-identity \
-authorization and export request metrics through two Proxy-Wasm filters.
+meshctl installs meshguard on a Kubernetes cluster running Istio: services whose sidecars \
+enforce service-identity authorization and export request metrics through two Proxy-Wasm \
+filters. Built in are three services (user-service -> order-service -> payment-service); a \
+mesh file (-f mesh.yaml, see docs/mesh-file.md) describes any other set: the services, which \
+may call which, how each scales and where it runs.
 
 What `install` puts into the cluster, all in one namespace (default `meshguard`) except the \
 Namespace itself:
@@ -28,10 +30,11 @@ Namespace itself:
   - a ConfigMap of Envoy stats tag rules, which the pods name as their sidecar bootstrap
     override (the metric labels), and two Istio WasmPlugins per service (identity
     authorization, fail-closed; request metrics)
-  - per service a Service, a Deployment and a PodDisruptionBudget; payment-service runs only
-    on GPU nodes, the others never do
-  - a HorizontalPodAutoscaler for order-service (CPU 75 %, 1..10 replicas) and a KEDA
-    ScaledObject for user-service (order-service's CPU via Prometheus, 1..4 replicas)
+  - per service a Service, a Deployment and a PodDisruptionBudget; services with GPUs
+    (built in: payment-service) run only on GPU nodes, the others never do
+  - per service its autoscaler: a HorizontalPodAutoscaler on its CPU or a KEDA ScaledObject
+    on Prometheus queries (built in: order-service on its CPU, 75 %, 1..10 replicas;
+    user-service on order-service's CPU, 1..4 replicas)
 
 Every object carries the labels app.kubernetes.io/managed-by=meshctl,
 app.kubernetes.io/part-of=meshguard and app.kubernetes.io/instance=<namespace>; `uninstall`
@@ -47,6 +50,9 @@ const EXAMPLES: &str = "\
 Examples:
   # See everything that would be installed, without a cluster
   meshctl render > meshguard.yaml
+
+  # The same for the services, calls, scaling and placement of your own mesh file
+  meshctl render -f mesh.yaml
 
   # Check the cluster, then install with your published filter modules
   meshctl preflight --authz-module oci://ghcr.io/acme/meshguard-authz:0.1.0 \\
@@ -84,17 +90,17 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Target")]
 pub struct GlobalArgs {
-    /// Namespace to install into, inspect or uninstall from. Every namespaced object goes
-    /// there, and uninstall only removes objects labelled with this instance.
+    /// Namespace to install into, inspect or uninstall from [default: the mesh file's
+    /// `namespace`, else meshguard]. Every namespaced object goes there, and uninstall only
+    /// removes objects labelled with this instance.
     #[arg(
         short = 'n',
         long,
         global = true,
         value_name = "NAME",
-        default_value = DEFAULT_NAMESPACE,
         value_parser = parse_namespace
     )]
-    pub namespace: String,
+    pub namespace: Option<String>,
 
     /// Kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config, else the in-cluster
     /// service account). Not used by `render`.
@@ -166,7 +172,7 @@ Steps:
      module URLs (the default ones) before contacting the cluster.
   2. Preflight (skip with --skip-preflight): the API server answers; the Istio and KEDA CRDs
      the objects need are established; the metrics API (metrics-server) is registered for the
-     HPA; a node can run each Deployment (payment-service needs a node with allocatable
+     HPA; a node can run each Deployment (a service with GPUs needs a node with allocatable
      nvidia.com/gpu); istiod runs (warning only). Every problem is reported at once, with
      its fix.
   3. Server-side apply of each object with field manager `meshctl`, taking ownership of the
@@ -252,6 +258,7 @@ are allowed here; `install` refuses them.";
 const RENDER_EXAMPLES: &str = "\
 Examples:
   meshctl render > meshguard.yaml
+  meshctl render -f docs/examples/four-services.yaml --namespace shop
   meshctl render --profile gke --mode dry-run | kubectl diff --server-side -f -";
 
 const PREFLIGHT_ABOUT: &str = "\
@@ -259,8 +266,8 @@ Runs the checks `install` runs before applying anything, and prints each problem
 fix it. Errors (install would refuse): API server unreachable, a needed CRD missing or not \
 established (WasmPlugin, PeerAuthentication from Istio; ScaledObject from KEDA; \
 PodMonitor with --pod-monitor), the metrics API (v1beta1.metrics.k8s.io) not registered, no \
-node that can run a Deployment (payment-service needs allocatable nvidia.com/gpu on a node \
-matching --profile), placeholder Wasm module URLs, the namespace being deleted. Warnings: \
+node that can run a Deployment (a service with GPUs needs allocatable nvidia.com/gpu on a \
+node matching --profile), placeholder Wasm module URLs, the namespace being deleted. Warnings: \
 istiod not found, the metrics API registered but unavailable, existing objects that meshctl \
 did not create and would take over. Read-only; exits 1 if there is any error.";
 
@@ -353,20 +360,28 @@ pub enum OutputFormat {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "What to install")]
 pub struct RenderArgs {
-    /// Where the cluster runs; decides how payment-service finds GPU nodes.
+    /// Mesh file describing the services, their calls, scaling and placement (YAML; see
+    /// docs/mesh-file.md) [default: the built-in user-service -> order-service ->
+    /// payment-service]. The flags below override what it says.
+    #[arg(short = 'f', long = "file", value_name = "MESH.yaml")]
+    pub file: Option<PathBuf>,
+
+    /// Where the cluster runs; decides how services with GPUs find GPU nodes.
     #[arg(long, value_enum, default_value = "local")]
     pub profile: ProfileArg,
 
-    /// Image of user-service [default: us-west1-docker.pkg.dev/.../user-service:latest, an
-    /// example image from the original write-up, in a private registry: pass your own].
+    /// Image of user-service [default: the mesh file's; built in:
+    /// us-west1-docker.pkg.dev/.../user-service:latest, an example image in a private
+    /// registry: pass your own].
     #[arg(long, value_name = "IMAGE")]
     pub user_image: Option<String>,
 
-    /// Image of order-service [default: the write-up's example, .../order-service:latest].
+    /// Image of order-service [default: the mesh file's; built in: .../order-service:latest].
     #[arg(long, value_name = "IMAGE")]
     pub order_image: Option<String>,
 
-    /// Image of payment-service [default: the write-up's example, .../payment-service:latest].
+    /// Image of payment-service [default: the mesh file's; built in:
+    /// .../payment-service:latest].
     #[arg(long, value_name = "IMAGE")]
     pub payment_image: Option<String>,
 
@@ -435,21 +450,24 @@ pub struct RenderArgs {
     #[arg(long, value_name = "PATH", default_value = meshguard_manifests::DEFAULT_HEALTH_PATH)]
     pub health_path: String,
 
-    /// KEDA: CPU cores of order-service per user-service replica.
-    #[arg(long, value_name = "CORES", default_value = meshguard_manifests::DEFAULT_KEDA_CPU_THRESHOLD)]
-    pub keda_cpu_threshold: String,
+    /// KEDA: CPU cores of the measured service per replica, in every `cpu` trigger of the
+    /// mesh [built in: 0.5 cores of order-service per user-service replica].
+    #[arg(long, value_name = "CORES")]
+    pub keda_cpu_threshold: Option<String>,
 
-    /// KEDA: order-service CPU (cores) above which user-service is active.
-    #[arg(long, value_name = "CORES", default_value = meshguard_manifests::DEFAULT_KEDA_CPU_ACTIVATION_THRESHOLD)]
-    pub keda_cpu_activation_threshold: String,
+    /// KEDA: CPU (cores) of the measured service above which the scaled one is active, in
+    /// every `cpu` trigger [built in: 0.1].
+    #[arg(long, value_name = "CORES")]
+    pub keda_cpu_activation_threshold: Option<String>,
 
-    /// KEDA: also scale user-service on the request rate into order-service (requests per
-    /// second per user-service replica, from the metrics filter).
+    /// KEDA: a service that scales on another's CPU also scales on the request rate into it
+    /// (requests per second per replica, from the metrics filter); built in, user-service on
+    /// order-service's.
     #[arg(long, value_name = "RPS")]
     pub request_rate_threshold: Option<String>,
 
-    /// Run payment-service without a GPU (no nvidia.com/gpu request, no GPU node affinity),
-    /// for clusters without GPU nodes. Other services stay off GPU nodes either way.
+    /// Run every service without GPUs (no nvidia.com/gpu request, no GPU node affinity), for
+    /// clusters without GPU nodes. Other services stay off GPU nodes either way.
     #[arg(long)]
     pub no_gpu: bool,
 
@@ -470,6 +488,41 @@ pub struct RenderArgs {
 }
 
 impl RenderArgs {
+    /// What these flags change in the mesh document.
+    pub fn overrides(&self) -> Overrides {
+        let images = [
+            (
+                "--user-image",
+                meshguard_mesh::model::USER_SERVICE,
+                &self.user_image,
+            ),
+            (
+                "--order-image",
+                meshguard_mesh::model::ORDER_SERVICE,
+                &self.order_image,
+            ),
+            (
+                "--payment-image",
+                meshguard_mesh::model::PAYMENT_SERVICE,
+                &self.payment_image,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(flag, service, image)| {
+            image
+                .as_ref()
+                .map(|i| (flag.to_owned(), service.to_owned(), i.clone()))
+        })
+        .collect();
+        Overrides {
+            images,
+            cpu_threshold: self.keda_cpu_threshold.clone(),
+            cpu_activation_threshold: self.keda_cpu_activation_threshold.clone(),
+            request_rate_threshold: self.request_rate_threshold.clone(),
+            no_gpu: self.no_gpu,
+        }
+    }
+
     /// The render options these flags describe, for an install into `namespace`.
     pub fn to_options(&self, namespace: &str) -> RenderOptions {
         let mut o = RenderOptions::new(namespace);
@@ -479,9 +532,6 @@ impl RenderArgs {
                 target.clone_from(v);
             }
         };
-        set(&mut o.user_image, &self.user_image);
-        set(&mut o.order_image, &self.order_image);
-        set(&mut o.payment_image, &self.payment_image);
         set(&mut o.authz_module_url, &self.authz_module);
         set(&mut o.metrics_module_url, &self.metrics_module);
         set(&mut o.prometheus_address, &self.prometheus_address);
@@ -500,12 +550,6 @@ impl RenderArgs {
         o.authz_mode = self.mode.into();
         o.log_level = self.log_level.into();
         o.health_path.clone_from(&self.health_path);
-        o.keda_cpu_threshold.clone_from(&self.keda_cpu_threshold);
-        o.keda_cpu_activation_threshold
-            .clone_from(&self.keda_cpu_activation_threshold);
-        o.request_rate_threshold
-            .clone_from(&self.request_rate_threshold);
-        o.gpu_enabled = !self.no_gpu;
         if let Some(level) = self.pod_security {
             o.pod_security = level;
         }
@@ -516,6 +560,15 @@ impl RenderArgs {
 
 /// Cluster connection flags, from [`GlobalArgs`].
 impl GlobalArgs {
+    /// The namespace: `--namespace`, else the mesh file's, else [`DEFAULT_NAMESPACE`].
+    pub fn namespace_or(&self, from_file: Option<&str>) -> String {
+        self.namespace
+            .as_deref()
+            .or(from_file)
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .to_owned()
+    }
+
     /// Which cluster to talk to.
     pub fn target(&self) -> crate::client::ClusterTarget {
         crate::client::ClusterTarget {
@@ -730,9 +783,10 @@ mod tests {
             unreachable!("parsed `render`")
         };
         assert_eq!(
-            args.render.to_options(&cli.global.namespace),
+            args.render.to_options(&cli.global.namespace_or(None)),
             RenderOptions::new(DEFAULT_NAMESPACE)
         );
+        assert_eq!(args.render.overrides(), Overrides::default());
     }
 
     #[test]
@@ -763,14 +817,24 @@ mod tests {
             unreachable!("parsed `install`")
         };
         assert_eq!(args.dry_run, DryRun::Server);
-        let o = args.render.to_options(&cli.global.namespace);
+        let o = args
+            .render
+            .to_options(&cli.global.namespace_or(Some("from-file")));
         assert_eq!(o.namespace, "shop");
-        assert_eq!(o.user_image, "u:1");
+        let overrides = args.render.overrides();
+        assert_eq!(
+            overrides.images,
+            [(
+                "--user-image".to_owned(),
+                "user-service".to_owned(),
+                "u:1".to_owned()
+            )]
+        );
+        assert!(overrides.no_gpu);
         assert_eq!(o.authz_module_url, "oci://r.example/a:1");
         assert_eq!(o.authz_mode, Mode::DryRun);
         assert_eq!(o.log_level, LogLevel::Debug);
         assert_eq!(o.profile, Profile::Gke);
-        assert!(!o.gpu_enabled);
         assert_eq!(o.module_fetch_cidrs, ["10.0.0.0/8", "192.168.0.0/16"]);
     }
 

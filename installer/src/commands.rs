@@ -4,8 +4,7 @@
 use std::io::Write;
 
 use kube::api::DynamicObject;
-use meshguard_manifests::RenderOptions;
-use meshguard_mesh::Mesh;
+use meshguard_manifests::{MeshFile, MeshSpec, RenderOptions};
 
 use crate::apply::{self, InstallOptions};
 use crate::cli::{Cli, Command, DryRun, GlobalArgs, OutputFormat, RenderArgs};
@@ -26,14 +25,35 @@ pub enum Finished {
     Problems,
 }
 
+/// The mesh these flags describe: the `--file` document (or the built-in one) with the flags
+/// that override it applied, and the namespace it goes to (`--namespace`, else the file's,
+/// else the default).
+pub fn mesh_spec(global: &GlobalArgs, args: &RenderArgs) -> Result<(MeshSpec, String), Error> {
+    let file = args.file.as_deref().map(MeshFile::read).transpose()?;
+    let mut spec = file
+        .as_ref()
+        .map_or_else(MeshSpec::reference, |f| f.spec.clone());
+    spec.apply(&args.overrides())?;
+    let namespace = global.namespace_or(spec.namespace.as_deref());
+    // A flag's value is checked where it applies; the document stays valid with it, or the
+    // error points at the field it changed.
+    if let Err(e) = spec.validate() {
+        return Err(match &file {
+            Some(f) => Error::MeshFile(f.located(&e)),
+            None => meshguard_manifests::RenderError::from(e).into(),
+        });
+    }
+    Ok((spec, namespace))
+}
+
 /// The render options and objects for these flags.
 pub fn render_objects(
-    namespace: &str,
+    global: &GlobalArgs,
     args: &RenderArgs,
 ) -> Result<(RenderOptions, Vec<DynamicObject>), Error> {
-    let opts = args.to_options(namespace);
-    let mesh = Mesh::reference(namespace).map_err(meshguard_manifests::RenderError::from)?;
-    let objects = meshguard_manifests::render(&mesh, &opts)?;
+    let (spec, namespace) = mesh_spec(global, args)?;
+    let opts = args.to_options(&namespace);
+    let objects = meshguard_manifests::render(&spec, &opts)?;
     Ok((opts, objects))
 }
 
@@ -43,17 +63,17 @@ pub fn render_objects(
 /// `preflight::detect_istio_cni`), so what is installed is what will be admitted.
 pub async fn render_for_cluster(
     conn: &Connection,
-    namespace: &str,
+    global: &GlobalArgs,
     args: &RenderArgs,
 ) -> Result<(RenderOptions, Vec<DynamicObject>), Error> {
-    let mut opts = args.to_options(namespace);
+    let (spec, namespace) = mesh_spec(global, args)?;
+    let mut opts = args.to_options(&namespace);
     if args.pod_security.is_none() {
         opts.pod_security = preflight::detect_istio_cni(&conn.client)
             .await
             .pod_security();
     }
-    let mesh = Mesh::reference(namespace).map_err(meshguard_manifests::RenderError::from)?;
-    let objects = meshguard_manifests::render(&mesh, &opts)?;
+    let objects = meshguard_manifests::render(&spec, &opts)?;
     Ok((opts, objects))
 }
 
@@ -66,25 +86,30 @@ pub async fn run(
     let global = cli.global;
     match cli.command {
         Command::Render(args) => {
-            let (_, objects) = render_objects(&global.namespace, &args.render)?;
+            let (_, objects) = render_objects(&global, &args.render)?;
             out.write_all(meshguard_manifests::to_yaml(&objects)?.as_bytes())?;
             out.flush()?;
             Ok(Finished::Success)
         }
         Command::Install(args) => {
-            let (opts, _) = render_objects(&global.namespace, &args.render)?;
+            let (opts, _) = render_objects(&global, &args.render)?;
             // Refuse placeholder modules before touching (or even looking for) a cluster.
             let local = preflight::check_local(&opts);
             if !local.is_ok() {
                 return Err(Error::Preflight(Box::new(local)));
             }
             let conn = connect(&global).await?;
-            let (opts, objects) =
-                render_for_cluster(&conn, &global.namespace, &args.render).await?;
+            let (opts, objects) = render_for_cluster(&conn, &global, &args.render).await?;
             let install = InstallOptions {
                 dry_run: args.dry_run == DryRun::Server,
                 skip_preflight: args.skip_preflight,
                 wait: args.wait.then_some(args.timeout),
+                mesh_file: args
+                    .render
+                    .file
+                    .as_deref()
+                    .map(MeshFile::read)
+                    .transpose()?,
             };
             apply::install(&conn, &objects, &opts, &install, progress).await?;
             Ok(Finished::Success)
@@ -96,15 +121,15 @@ pub async fn run(
                 delete_namespace: args.delete_namespace,
                 wait: args.wait.then_some(args.timeout),
             };
-            uninstall::uninstall(&conn, &global.namespace, &opts, progress).await?;
+            uninstall::uninstall(&conn, &global.namespace_or(None), &opts, progress).await?;
             Ok(Finished::Success)
         }
         Command::Status(args) => {
-            render_objects(&global.namespace, &args.render)?;
+            render_objects(&global, &args.render)?;
             let conn = connect(&global).await?;
-            let (_, objects) = render_for_cluster(&conn, &global.namespace, &args.render).await?;
+            let (opts, objects) = render_for_cluster(&conn, &global, &args.render).await?;
             let report = loop {
-                let report = status::status(&conn, &objects, &global.namespace).await?;
+                let report = status::status(&conn, &objects, &opts.namespace).await?;
                 match args.output {
                     OutputFormat::Table if args.watch => {
                         let now = std::time::SystemTime::now()
@@ -164,11 +189,19 @@ pub async fn run(
             Ok(Finished::Success)
         }
         Command::Preflight(args) => {
-            render_objects(&global.namespace, &args.render)?;
+            render_objects(&global, &args.render)?;
             let conn = connect(&global).await?;
-            let (opts, objects) =
-                render_for_cluster(&conn, &global.namespace, &args.render).await?;
-            let report = preflight::run(&conn, &objects, &opts).await?;
+            let (opts, objects) = render_for_cluster(&conn, &global, &args.render).await?;
+            let mut report = preflight::run(&conn, &objects, &opts).await?;
+            if let Some(file) = args
+                .render
+                .file
+                .as_deref()
+                .map(MeshFile::read)
+                .transpose()?
+            {
+                report.locate(&file);
+            }
             writeln!(out, "{report}")?;
             out.flush()?;
             Ok(if report.is_ok() {

@@ -14,6 +14,15 @@ pub enum Error {
     #[error("{}", render_message(.0))]
     Render(#[from] RenderError),
 
+    /// The mesh file cannot be read, or says something meshctl cannot install; the message
+    /// names the file, line and field.
+    #[error("{0}")]
+    MeshFile(#[from] meshguard_manifests::FileError),
+
+    /// A flag cannot apply to the mesh (e.g. `--user-image` for a mesh without user-service).
+    #[error("{0}")]
+    Override(#[from] meshguard_manifests::spec::OverrideError),
+
     /// The objects could not be written as YAML.
     #[error("cannot write the objects as YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
@@ -83,6 +92,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// The exit status the command ends with: 2 for input the user has to fix (the mesh file,
+    /// a flag's value), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::MeshFile(_) | Self::Override(_) => 2,
+            Self::Render(RenderError::Option { .. } | RenderError::Spec(_)) => 2,
+            _ => 1,
+        }
+    }
+
     /// A failed request: `action` says what meshctl was doing ("applying Deployment
     /// meshguard/order-service").
     pub fn kube(action: impl Into<String>, e: &kube::Error) -> Self {
@@ -194,7 +213,6 @@ pub fn flag_of(field: &str) -> String {
         "authz_module_url" => "--authz-module".to_owned(),
         "metrics_module_url" => "--metrics-module".to_owned(),
         "module_fetch_cidrs" => "--module-fetch-cidr".to_owned(),
-        "gpu_enabled" => "--no-gpu".to_owned(),
         "authz_mode" => "--mode".to_owned(),
         other => format!("--{}", other.replace('_', "-")),
     }
@@ -220,6 +238,66 @@ mod tests {
         assert_eq!(flag_of("authz_module_url"), "--authz-module");
         assert_eq!(flag_of("module_fetch_cidrs"), "--module-fetch-cidr");
         assert_eq!(flag_of("namespace"), "--namespace");
+    }
+
+    /// Every option `RenderOptions::validate` can name maps to a flag clap really defines.
+    #[test]
+    fn every_option_names_a_flag_clap_defines() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let mut flags: Vec<String> = cli
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        for sub in cli.get_subcommands() {
+            flags.extend(
+                sub.get_arguments()
+                    .filter_map(|a| a.get_long().map(|l| format!("--{l}"))),
+            );
+        }
+        for field in [
+            "namespace",
+            "monitoring_namespace",
+            "authz_module_url",
+            "metrics_module_url",
+            "authz_module_sha256",
+            "metrics_module_sha256",
+            "module_pull_secret",
+            "module_fetch_cidrs",
+            "prometheus_address",
+            "health_path",
+            "authz_mode",
+            "log_level",
+            "profile",
+            "pod_monitor",
+            "pod_security",
+            "fast_scale_down",
+        ] {
+            let flag = flag_of(field);
+            assert!(
+                flags.contains(&flag),
+                "{field} -> {flag}, not a flag of meshctl"
+            );
+        }
+        // The list above is every field: a new one fails to compile here until it is added.
+        let meshguard_manifests::RenderOptions {
+            namespace: _,
+            monitoring_namespace: _,
+            authz_module_url: _,
+            metrics_module_url: _,
+            authz_module_sha256: _,
+            metrics_module_sha256: _,
+            module_pull_secret: _,
+            module_fetch_cidrs: _,
+            prometheus_address: _,
+            health_path: _,
+            authz_mode: _,
+            log_level: _,
+            profile: _,
+            pod_monitor: _,
+            pod_security: _,
+            fast_scale_down: _,
+        } = meshguard_manifests::RenderOptions::new("n");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `meshctl` binary: parse the command line, run the command, map the result to an exit
-//! status (0 success, 1 failure, 2 bad command line, the latter from clap).
+//! status (0 success, 1 failure, 2 bad input: the command line, from clap, a bad flag value or
+//! mesh file, from [`meshctl::Error::exit_code`]).
 
 use std::process::ExitCode;
 
@@ -16,7 +17,10 @@ fn main() -> ExitCode {
         Err(e) => {
             // Every meshctl error carries its causes and fix in its own message.
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            let code = e
+                .downcast_ref::<meshctl::Error>()
+                .map_or(1, meshctl::Error::exit_code);
+            ExitCode::from(code)
         }
     }
 }

@@ -46,7 +46,7 @@ pub enum Check {
     Crd,
     /// The resource metrics API (metrics-server) is registered, for the HPA.
     MetricsApi,
-    /// Some node can run a Deployment's pods (GPU for payment-service).
+    /// Some node can run a Deployment's pods (a GPU node for a service with GPUs).
     Scheduling,
     /// istiod runs.
     Istiod,
@@ -121,6 +121,26 @@ impl PreflightReport {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Points each finding about a service's pods at where the mesh file places them
+    /// (`mesh.yaml:31:5: services[3].placement: ...`).
+    pub fn locate(&mut self, file: &meshguard_manifests::MeshFile) {
+        for f in &mut self.findings {
+            if f.check != Check::Scheduling {
+                continue;
+            }
+            let Some(i) = file.spec.services.iter().position(|s| s.name == f.subject) else {
+                continue;
+            };
+            let field = format!("services[{i}].placement");
+            let (line, column) = file.position(&field);
+            f.problem = format!(
+                "{}:{line}:{column}: {field}: {}",
+                file.path.display(),
+                f.problem
+            );
+        }
     }
 
     fn push(
@@ -494,8 +514,8 @@ async fn check_scheduling(
                 Check::Scheduling,
                 "nodes",
                 format!(
-                    "cannot list nodes, so cannot check that the Deployments (payment-service \
-                     needs a GPU) can be scheduled: {}",
+                    "cannot list nodes, so cannot check that the Deployments (those with GPUs \
+                     need GPU nodes) can be scheduled: {}",
                     describe_kube_error(&e)
                 ),
                 "grant the account `list` on nodes, or check GPU capacity yourself (`kubectl \
@@ -553,9 +573,9 @@ async fn check_scheduling(
         {
             gpu_fix(opts)
         } else {
-            "add a node without GPUs that these pods can use: services other than \
-             payment-service are kept off GPU nodes (nodes labelled as --profile describes), \
-             and tolerate no other taints"
+            "add a node without GPUs that these pods can use: services without GPUs are kept \
+             off GPU nodes (nodes labelled as --profile describes), and tolerate only the taints \
+             their placement names"
                 .to_owned()
         };
         report.error(
@@ -586,9 +606,9 @@ fn gpu_fix(opts: &RenderOptions) -> String {
         ),
     };
     format!(
-        "{label}. On GKE use --profile gke. No GPUs at all: pass --no-gpu to run \
-         payment-service on ordinary nodes. A GPU node pool that scales up from zero has no \
-         node yet: pass --skip-preflight"
+        "{label}. On GKE use --profile gke. No GPUs at all: pass --no-gpu to run every \
+         service on ordinary nodes (or drop `gpus` from the service's placement in the mesh \
+         file). A GPU node pool that scales up from zero has no node yet: pass --skip-preflight"
     )
 }
 

@@ -161,6 +161,7 @@ async fn help_explains_every_command_and_flag() -> TestResult {
         assert!(top.stdout.contains(word), "`meshctl --help` lacks {word:?}");
     }
     let render_flags = [
+        "--file",
         "--user-image",
         "--order-image",
         "--payment-image",
@@ -290,7 +291,7 @@ async fn invalid_values_name_the_flag() -> TestResult {
         ("--keda-cpu-threshold", "-1"),
     ] {
         let run = meshctl(&["render", &format!("{flag}={value}")]).await;
-        assert_eq!(run.code, Some(1), "{}", run.dump());
+        assert_eq!(run.code, Some(2), "{}", run.dump());
         assert!(
             run.stderr.starts_with(&format!("error: invalid {flag}: ")),
             "{}",
@@ -416,6 +417,126 @@ current-context: elsewhere
     assert_eq!(run.code, Some(1), "{}", run.dump());
     assert!(
         run.stderr.contains("context `missing` exists"),
+        "{}",
+        run.dump()
+    );
+    Ok(())
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../docs/examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn render_reads_every_mesh_file_in_the_docs() -> TestResult {
+    let dir = format!("{}/../docs/examples", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        let run = meshctl(&["render", "-f", file]).await;
+        assert_eq!(run.code, Some(0), "{file}: {}", run.dump());
+        assert!(!documents(&run.stdout)?.is_empty(), "{file}");
+    }
+    // The reference file is the built-in mesh, byte for byte.
+    let builtin = meshctl(&["render"]).await;
+    let file = meshctl(&["render", "--file", &example("reference.yaml")]).await;
+    assert_eq!(builtin.stdout, file.stdout);
+    // The fourth service is there, with its own scaling.
+    let four = meshctl(&["render", "-f", &example("four-services.yaml")]).await;
+    let docs = documents(&four.stdout)?;
+    let named = |kind: &str| {
+        docs.iter()
+            .filter(|d| str_at(d, &["kind"]) == Some(kind))
+            .filter_map(|d| str_at(d, &["metadata", "name"]))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(named("Deployment").contains(&"inventory-service".to_owned()));
+    assert!(named("WasmPlugin").contains(&"inventory-service-authz".to_owned()));
+    assert_eq!(named("ScaledObject"), ["user-service", "inventory-service"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_namespace_comes_from_the_flag_then_the_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("mesh.yaml");
+    let text = std::fs::read_to_string(example("reference.yaml"))?
+        .replace("kind: Mesh\n", "kind: Mesh\nnamespace: from-file\n");
+    std::fs::write(&path, text)?;
+    let path = path.display().to_string();
+    let instance = |out: &str| -> Result<String, serde_yaml::Error> {
+        Ok(str_at(
+            &documents(out)?[0],
+            &["metadata", "labels", "app.kubernetes.io/instance"],
+        )
+        .unwrap_or_default()
+        .to_owned())
+    };
+    let run = meshctl(&["render", "-f", &path]).await;
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(instance(&run.stdout)?, "from-file");
+    let run = meshctl(&["render", "-f", &path, "-n", "from-flag"]).await;
+    assert_eq!(instance(&run.stdout)?, "from-flag");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_mesh_file_names_file_line_and_field_and_exits_2() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, text: &str| -> std::io::Result<String> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text)?;
+        Ok(p.display().to_string())
+    };
+    let head =
+        "apiVersion: meshguard/v1alpha1\nkind: Mesh\nservices:\n  - name: a\n    image: r/a:1\n";
+    for (name, tail, want) in [
+        (
+            "unknown-field.yaml",
+            "    replica: 3\n",
+            ":6:5: services[0]: unknown field `replica`",
+        ),
+        (
+            "unknown-service.yaml",
+            "calls:\n  - from: a\n    to: ghost\n",
+            ":8:5: calls[0].to: no service named `ghost`",
+        ),
+        (
+            "shared-account.yaml",
+            "  - name: b\n    image: r/b:1\n    serviceAccount: a\n",
+            ":8:5: services[1].serviceAccount: services `a` and `b` share the service account `a`",
+        ),
+    ] {
+        let path = write(name, &format!("{head}{tail}"))?;
+        let run = meshctl(&["render", "-f", &path]).await;
+        assert_eq!(run.code, Some(2), "{name}: {}", run.dump());
+        assert!(
+            run.stderr.starts_with(&format!("error: {path}{want}")),
+            "{name}: {}",
+            run.dump()
+        );
+        assert!(run.stdout.is_empty(), "{}", run.dump());
+    }
+    let run = meshctl(&["render", "-f", "/nonexistent/mesh.yaml"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(
+        run.stderr.contains("cannot read /nonexistent/mesh.yaml"),
+        "{}",
+        run.dump()
+    );
+    // A flag about a service the file does not have.
+    let path = write("one.yaml", head)?;
+    let run = meshctl(&["render", "-f", &path, "--user-image", "r/u:1"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(
+        run.stderr
+            .contains("invalid --user-image: the mesh has no service `user-service`"),
         "{}",
         run.dump()
     );

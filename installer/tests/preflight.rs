@@ -37,7 +37,7 @@ async fn preflight_for(
     .await?;
     // As `meshctl preflight` renders: for the cluster it talks to.
     let (opts, objects) =
-        meshctl::commands::render_for_cluster(&conn, &cli.global.namespace, &p.render).await?;
+        meshctl::commands::render_for_cluster(&conn, &cli.global, &p.render).await?;
     Ok(preflight::run(&conn, &objects, &opts).await?)
 }
 
@@ -265,6 +265,34 @@ async fn gpu_scheduling_follows_the_profile() -> TestResult {
     // --profile gke matches GKE's label.
     let gke = preflight_for(&cluster, &["--profile", "gke"]).await?;
     assert!(gke.is_ok(), "{gke}");
+
+    // With a mesh file, the finding says where the file places the service: payment-service's
+    // GPUs, and inventory-service's node selector, which no node here matches.
+    let file = format!(
+        "{}/../docs/examples/four-services.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mesh = meshguard_manifests::MeshFile::read(std::path::Path::new(&file))?;
+    let run = meshctl_on(
+        &cluster,
+        "preflight",
+        &[
+            "-f",
+            &file,
+            "--authz-module",
+            AUTHZ_MODULE,
+            "--metrics-module",
+            METRICS_MODULE,
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    for (i, service) in [(2, "payment-service"), (3, "inventory-service")] {
+        let field = format!("services[{i}].placement");
+        let (line, column) = mesh.position(&field);
+        let want = format!("error: {file}:{line}:{column}: {field}: no node can run {service}");
+        assert!(run.stdout.contains(&want), "lacks {want:?}: {}", run.dump());
+    }
 
     // Without GPUs, payment-service runs on the CPU node like the others.
     let no_gpu = preflight_for(&cluster, &["--no-gpu"]).await?;

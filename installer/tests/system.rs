@@ -123,6 +123,25 @@ async fn replicas(client: &Client, service: &str) -> Result<(i32, i32), BoxError
     Ok((want, ready))
 }
 
+/// Every running pod of each service is on a node of its pool, and each service has pods.
+async fn assert_pools(client: &Client, want: &[(&str, &str)]) -> Result<(), BoxError> {
+    let pools = pools(client).await?;
+    for (service, pool) in want {
+        let pods = pods_of(client, service).await?;
+        assert!(!pods.is_empty(), "{service} has pods");
+        for pod in pods.iter().filter(|p| running(p)) {
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .ok_or("a running pod has a node")?;
+            let on = pools.get(&node).ok_or(format!("node {node} has a pool"))?;
+            assert_eq!(on, pool, "{service} pod on {node}");
+        }
+    }
+    Ok(())
+}
+
 /// Waits until every service has all its replicas ready.
 async fn all_running(client: &Client, within: Duration) -> Result<(), BoxError> {
     wait_for("every service Running", within, || async {
@@ -157,25 +176,11 @@ async fn payment_service_runs_only_on_gpu_nodes_and_uninstall_removes_what_contr
     );
 
     // Placement, as the real scheduler decided it.
-    let pools = pools(&client).await?;
-    for service in SERVICES {
-        let pods = pods_of(&client, service).await?;
-        assert!(!pods.is_empty(), "{service} has pods");
-        for pod in pods.iter().filter(|p| running(p)) {
-            let node = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .ok_or("a running pod has a node")?;
-            let pool = pools.get(&node).ok_or(format!("node {node} has a pool"))?;
-            let want = if service == PAYMENT {
-                GPU_POOL
-            } else {
-                CPU_POOL
-            };
-            assert_eq!(pool, want, "{service} pod on {node}");
-        }
-    }
+    assert_pools(
+        &client,
+        &[(USER, CPU_POOL), (ORDER, CPU_POOL), (PAYMENT, GPU_POOL)],
+    )
+    .await?;
     let status = meshctl_on(
         cluster.api()?,
         "status",
@@ -584,6 +589,72 @@ async fn autoscalers_follow_order_service_load_up_and_back_down() -> TestResult 
     assert!(
         stuck > 1,
         "the summed counter keeps its target scaled up after the load ended: {stuck}"
+    );
+    cluster.stop()?;
+    Ok(())
+}
+
+/// The documentation's four-service mesh file installs as it says: inventory-service runs on the
+/// CPU pool its node selector names, payment-service still on the GPU pool, and KEDA scales
+/// inventory-service on the file's own PromQL trigger when its CPU rises.
+#[tokio::test]
+async fn a_fourth_service_from_the_mesh_file_is_placed_and_scaled() -> TestResult {
+    const INVENTORY: &str = "inventory-service";
+    let file = format!(
+        "{}/../docs/examples/four-services.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let cluster = LocalCluster::start(LocalClusterOptions::default()).await?;
+    let client = cluster.client().await?;
+    install_on(
+        &cluster,
+        &[
+            "-f",
+            &file,
+            "--fast-scale-down",
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .await?;
+    let (want, ready) = replicas(&client, INVENTORY).await?;
+    assert_eq!((want, ready), (1, 1), "inventory-service rolled out");
+
+    assert_pools(
+        &client,
+        &[
+            (INVENTORY, CPU_POOL),
+            (PAYMENT, GPU_POOL),
+            (ORDER, CPU_POOL),
+        ],
+    )
+    .await?;
+
+    // 1 core on inventory-service: its `inventory-cpu` trigger (0.2 cores per replica) asks for
+    // 5 replicas, within its maximum of 6.
+    let load_start = Instant::now();
+    cluster.set_load(NS, INVENTORY, 1000).await?;
+    let n = wait_desired(
+        &client,
+        (NS, INVENTORY),
+        "inventory-service scaled out by KEDA",
+        Duration::from_secs(240),
+        |n| n >= 4,
+    )
+    .await?;
+    assert!(n <= 6, "inventory-service stays within 6: {n}");
+    eprintln!(
+        "load start to inventory-service at {n}: {:.1}s",
+        load_start.elapsed().as_secs_f64()
+    );
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), NS);
+    let hpa = hpas.get("keda-hpa-inventory-service").await?;
+    let metrics = hpa.spec.and_then(|s| s.metrics).unwrap_or_default();
+    assert_eq!(
+        metrics.len(),
+        2,
+        "both triggers reach KEDA's HPA: {metrics:?}"
     );
     cluster.stop()?;
     Ok(())

@@ -1,4 +1,6 @@
-//! order-service's CPU HPA and user-service's KEDA ScaledObject.
+//! The autoscalers: a HorizontalPodAutoscaler for each service scaled by `hpa`, a KEDA
+//! ScaledObject for each one scaled by `keda` (built in: order-service's CPU HPA and
+//! user-service's ScaledObject on order-service's CPU).
 
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
@@ -7,11 +9,11 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use kube::api::DynamicObject;
 use meshguard_mesh::metrics::request_rate_query;
-use meshguard_mesh::model::{ORDER_SERVICE, USER_SERVICE};
-use meshguard_mesh::Mesh;
+use meshguard_mesh::model::ORDER_SERVICE;
 use serde_json::{json, Value};
 
 use crate::object::{custom, meta, typed};
+use crate::spec::{trigger_name, Scaling, ServiceSpec, Trigger};
 use crate::{labels, RenderError, RenderOptions};
 
 /// order-service's HPA: replicas and target from the original write-up.
@@ -27,17 +29,9 @@ pub const USER_MAX_REPLICAS: i32 = 4;
 
 const AUTOSCALING: &str = "autoscaling";
 
-fn has(mesh: &Mesh, name: &str) -> bool {
-    mesh.services.iter().any(|s| s.name == name)
-}
-
-/// Whether an autoscaler owns the replica count of `service`'s Deployment.
-pub(crate) fn is_autoscaled(mesh: &Mesh, service: &str) -> bool {
-    match service {
-        ORDER_SERVICE => has(mesh, ORDER_SERVICE),
-        USER_SERVICE => has(mesh, USER_SERVICE) && has(mesh, ORDER_SERVICE),
-        _ => false,
-    }
+/// Whether an autoscaler owns the replica count of the service's Deployment.
+pub(crate) fn is_autoscaled(s: &ServiceSpec) -> bool {
+    !matches!(s.scaling, Scaling::None)
 }
 
 /// The scale-down stabilization window of `RenderOptions::fast_scale_down`.
@@ -85,35 +79,36 @@ fn behavior(fast_scale_down: bool) -> HorizontalPodAutoscalerBehavior {
     }
 }
 
-/// order-service scales on its own CPU: 75 % average utilization of its requests, 1..10 pods.
-pub(crate) fn order_service_hpa(
-    mesh: &Mesh,
+/// The HorizontalPodAutoscaler of a service scaled by `hpa`: its own average CPU utilization
+/// (% of its requests), within its replica range. Built in: order-service, 75 %, 1..10.
+pub(crate) fn hpa(
+    s: &ServiceSpec,
     opts: &RenderOptions,
 ) -> Result<Option<DynamicObject>, RenderError> {
-    if !has(mesh, ORDER_SERVICE) {
+    let Scaling::Hpa(h) = &s.scaling else {
         return Ok(None);
-    }
+    };
     typed(&HorizontalPodAutoscaler {
         metadata: meta(
-            ORDER_SERVICE,
+            &s.name,
             Some(&opts.namespace),
-            labels(&opts.namespace, ORDER_SERVICE, AUTOSCALING),
+            labels(&opts.namespace, &s.name, AUTOSCALING),
         ),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),
                 kind: "Deployment".into(),
-                name: ORDER_SERVICE.into(),
+                name: s.name.clone(),
             },
-            min_replicas: Some(ORDER_MIN_REPLICAS),
-            max_replicas: ORDER_MAX_REPLICAS,
+            min_replicas: Some(h.min_replicas),
+            max_replicas: h.max_replicas,
             metrics: Some(vec![MetricSpec {
                 type_: "Resource".into(),
                 resource: Some(ResourceMetricSource {
                     name: "cpu".into(),
                     target: MetricTarget {
                         type_: "Utilization".into(),
-                        average_utilization: Some(ORDER_CPU_UTILIZATION),
+                        average_utilization: Some(h.cpu_utilization),
                         ..MetricTarget::default()
                     },
                 }),
@@ -126,68 +121,83 @@ pub(crate) fn order_service_hpa(
     .map(Some)
 }
 
-/// PromQL for order-service's CPU usage in cores: the per-second rate of the cAdvisor counter
-/// over its containers (not the pod's sandbox, not the pod-level aggregate without a container
+/// PromQL for a service's CPU usage in cores: the per-second rate of the cAdvisor counter over
+/// its containers (not the pod's sandbox, not the pod-level aggregate without a container
 /// label). The original write-up summed the counter itself, which only grows.
-pub fn order_cpu_query(namespace: &str) -> String {
+pub fn cpu_query(namespace: &str, service: &str) -> String {
     format!(
-        "sum(rate(container_cpu_usage_seconds_total{{namespace=\"{namespace}\",pod=~\"{ORDER_SERVICE}-.*\",container!=\"\",container!=\"POD\"}}[1m]))"
+        "sum(rate(container_cpu_usage_seconds_total{{namespace=\"{namespace}\",pod=~\"{service}-.*\",container!=\"\",container!=\"POD\"}}[1m]))"
     )
 }
 
-/// user-service scales with order-service's load through KEDA: one replica per
-/// `keda_cpu_threshold` cores that order-service uses (`AverageValue`: KEDA asks the HPA for
-/// `ceil(value / threshold)` replicas), 1..4 replicas, and optionally on the request rate into
-/// order-service that the metrics filter counts. No `metricName` (deprecated: KEDA names the
-/// metric itself).
-pub(crate) fn user_service_scaled_object(
-    mesh: &Mesh,
+/// [`cpu_query`] of order-service, what the built-in user-service scales on.
+pub fn order_cpu_query(namespace: &str) -> String {
+    cpu_query(namespace, ORDER_SERVICE)
+}
+
+/// The KEDA ScaledObject of a service scaled by `keda`: one Prometheus trigger per entry
+/// (`AverageValue`: KEDA asks the HPA for `ceil(value / threshold)` replicas, the most any trigger
+/// asks for). Built in: user-service, one replica per 0.5 cores order-service uses, 1..4. No
+/// `metricName` (deprecated: KEDA names the metric itself).
+pub(crate) fn scaled_object(
+    s: &ServiceSpec,
     opts: &RenderOptions,
 ) -> Result<Option<DynamicObject>, RenderError> {
-    if !is_autoscaled(mesh, USER_SERVICE) {
+    let Scaling::Keda(k) = &s.scaling else {
         return Ok(None);
-    }
-    let mut triggers = vec![json!({
-        "type": "prometheus",
-        "name": "order-service-cpu",
-        "metricType": "AverageValue",
-        "metadata": {
-            "serverAddress": opts.prometheus_address,
-            "query": order_cpu_query(&opts.namespace),
-            "threshold": opts.keda_cpu_threshold,
-            "activationThreshold": opts.keda_cpu_activation_threshold,
-        },
-    })];
-    if let Some(threshold) = &opts.request_rate_threshold {
-        triggers.push(json!({
-            "type": "prometheus",
-            "name": "order-service-request-rate",
-            "metricType": "AverageValue",
-            "metadata": {
+    };
+    let ns = &opts.namespace;
+    let triggers: Vec<Value> = k
+        .triggers
+        .iter()
+        .map(|t| {
+            let (query, threshold, activation) = match t {
+                Trigger::Cpu(t) => (
+                    cpu_query(ns, &t.service),
+                    &t.threshold,
+                    &t.activation_threshold,
+                ),
+                Trigger::RequestRate(t) => (
+                    request_rate_query(ns, &t.service),
+                    &t.threshold,
+                    &t.activation_threshold,
+                ),
+                Trigger::Prometheus(q) => (
+                    q.query.replace("${namespace}", ns),
+                    &q.threshold,
+                    &q.activation_threshold,
+                ),
+            };
+            let mut metadata = json!({
                 "serverAddress": opts.prometheus_address,
-                "query": request_rate_query(&opts.namespace, ORDER_SERVICE),
-                "threshold": threshold,
-            },
-        }));
-    }
+                "query": query,
+                "threshold": threshold.as_str(),
+            });
+            if let (Some(a), Some(m)) = (activation, metadata.as_object_mut()) {
+                m.insert("activationThreshold".into(), Value::from(a.as_str()));
+            }
+            json!({
+                "type": "prometheus",
+                "name": trigger_name(t),
+                "metricType": "AverageValue",
+                "metadata": metadata,
+            })
+        })
+        .collect();
     let behavior =
         serde_json::to_value(behavior(opts.fast_scale_down)).map_err(|e| RenderError::Object {
             kind: "ScaledObject".into(),
-            name: USER_SERVICE.into(),
+            name: s.name.clone(),
             message: e.to_string(),
         })?;
     Ok(Some(custom(
         "keda.sh/v1alpha1",
         "ScaledObject",
-        meta(
-            USER_SERVICE,
-            Some(&opts.namespace),
-            labels(&opts.namespace, USER_SERVICE, AUTOSCALING),
-        ),
+        meta(&s.name, Some(ns), labels(ns, &s.name, AUTOSCALING)),
         json!({
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": USER_SERVICE},
-            "minReplicaCount": USER_MIN_REPLICAS,
-            "maxReplicaCount": USER_MAX_REPLICAS,
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": s.name},
+            "minReplicaCount": k.min_replicas,
+            "maxReplicaCount": k.max_replicas,
             "pollingInterval": 15,
             "cooldownPeriod": 300,
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior}},

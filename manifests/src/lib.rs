@@ -1,8 +1,10 @@
 //! Every Kubernetes, Istio and KEDA object meshguard installs, built from the mesh model.
 //!
 //! CONTRACT (used by `installer/`; keep these signatures):
-//! - [`RenderOptions`]: everything a user can choose (namespace, profile, images, Wasm module
-//!   URLs, Prometheus address, authz mode, ...), with [`RenderOptions::new`] giving the defaults.
+//! - [`MeshSpec`]: the system as data (services, calls, scaling, placement), read from a mesh
+//!   file by [`MeshFile`], with [`MeshSpec::reference`] the built-in three services.
+//! - [`RenderOptions`]: the install-wide choices (namespace, profile, Wasm module URLs,
+//!   Prometheus address, authz mode, ...), with [`RenderOptions::new`] giving the defaults.
 //! - [`render`]: the objects in dependency (apply) order, each a `DynamicObject` with
 //!   `apiVersion`/`kind` set and the ownership labels of [`ownership_labels`].
 //! - [`to_yaml`]: a multi-document YAML stream of objects.
@@ -21,8 +23,10 @@
 //! 6. Two `WasmPlugin`s per service: identity authorization (`AUTHZ`, fail-closed) and request
 //!    metrics (`STATS`).
 //! 7. Per service a `Service` (port `http`), a `Deployment` and a `PodDisruptionBudget`.
-//! 8. `HorizontalPodAutoscaler/order-service` (CPU 75 %, 1..10).
-//! 9. `ScaledObject/user-service` (KEDA, on order-service's CPU rate, 1..4).
+//! 8. A `HorizontalPodAutoscaler` per service scaled by `hpa` (built in: order-service, CPU 75 %,
+//!    1..10).
+//! 9. A KEDA `ScaledObject` per service scaled by `keda` (built in: user-service, on
+//!    order-service's CPU rate, 1..4).
 //! 10. Optionally a `PodMonitor` (Prometheus Operator) for the sidecars' stats.
 //!
 //! Security-relevant objects (mTLS, network policies, the filters) come before the workloads, so
@@ -34,16 +38,16 @@ mod kinds;
 mod network;
 mod object;
 mod options;
+pub mod spec;
 mod workloads;
 
 use std::collections::BTreeMap;
 
 use kube::api::DynamicObject;
-use meshguard_mesh::Mesh;
 
 pub use autoscaling::{
-    order_cpu_query, FAST_SCALE_DOWN_WINDOW_SECONDS, ORDER_CPU_UTILIZATION, ORDER_MAX_REPLICAS,
-    ORDER_MIN_REPLICAS, USER_MAX_REPLICAS, USER_MIN_REPLICAS,
+    cpu_query, order_cpu_query, FAST_SCALE_DOWN_WINDOW_SECONDS, ORDER_CPU_UTILIZATION,
+    ORDER_MAX_REPLICAS, ORDER_MIN_REPLICAS, USER_MAX_REPLICAS, USER_MIN_REPLICAS,
 };
 pub use istio::{bootstrap_override_json, BOOTSTRAP_OVERRIDE_CONFIG_MAP, BOOTSTRAP_OVERRIDE_KEY};
 pub use kinds::{apply_order_kinds, kind_info, kind_of, required_crds, KindInfo};
@@ -53,6 +57,7 @@ pub use options::{
     DEFAULT_KEDA_CPU_ACTIVATION_THRESHOLD, DEFAULT_KEDA_CPU_THRESHOLD,
     DEFAULT_MONITORING_NAMESPACE, DEFAULT_PROMETHEUS_ADDRESS,
 };
+pub use spec::{FileError, MeshFile, MeshSpec, Overrides, SpecError};
 pub use workloads::{
     image_version, PodSecurity, UnknownPodSecurity, GKE_ACCELERATOR_LABEL, GPU_RESOURCE,
     GPU_TAINT_KEY, LOCAL_GPU_LABEL, POD_RUN_AS_USER, VERSION_KEY,
@@ -83,6 +88,9 @@ pub enum RenderError {
     /// The mesh model is invalid.
     #[error(transparent)]
     Model(#[from] meshguard_mesh::ModelError),
+    /// The mesh document is invalid: the error names the field.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
     /// An object could not be assembled.
     #[error("cannot build {kind} {name}: {message}")]
     Object {
@@ -131,47 +139,40 @@ pub(crate) fn labels(namespace: &str, name: &str, component: &str) -> BTreeMap<S
     out
 }
 
-/// Renders every object, in apply order.
+/// Renders every object, in apply order, for the mesh `spec` installed into `opts.namespace`.
 ///
-/// Fails if the mesh is invalid, if `opts.namespace` is not the mesh's namespace (the identities
-/// in the filters' configuration would name the wrong namespace), or if an option cannot be
+/// Fails if the document is invalid (the error names the field) or if an option cannot be
 /// rendered (see [`RenderOptions::validate`]).
-pub fn render(mesh: &Mesh, opts: &RenderOptions) -> Result<Vec<DynamicObject>, RenderError> {
-    mesh.validate()?;
+pub fn render(spec: &MeshSpec, opts: &RenderOptions) -> Result<Vec<DynamicObject>, RenderError> {
     opts.validate()?;
-    if mesh.namespace != opts.namespace {
-        return Err(RenderError::option(
-            "namespace",
-            format!(
-                "`{}` differs from the mesh model's namespace `{}`: the SPIFFE identities the \
-                 filters admit are namespace-scoped",
-                opts.namespace, mesh.namespace
-            ),
-        ));
-    }
+    let mesh = spec.mesh(&opts.namespace)?;
     let mut out = Vec::new();
     out.push(workloads::namespace(opts)?);
     for s in &mesh.services {
         out.push(workloads::service_account(s, opts)?);
     }
     out.push(istio::peer_authentication(opts));
-    out.extend(network::policies(mesh, opts)?);
+    out.extend(network::policies(&mesh, opts)?);
     out.push(istio::bootstrap_override(opts)?);
     for s in &mesh.services {
-        out.push(istio::authz_plugin(mesh, s, opts)?);
-        out.push(istio::metrics_plugin(mesh, s, opts)?);
+        out.push(istio::authz_plugin(&mesh, s, opts)?);
+        out.push(istio::metrics_plugin(&mesh, s, opts)?);
     }
     for s in &mesh.services {
         out.push(workloads::service(s, opts)?);
     }
-    for s in &mesh.services {
-        out.push(workloads::deployment(mesh, s, opts)?);
+    for s in &spec.services {
+        out.push(workloads::deployment(&mesh, s, opts)?);
     }
     for s in &mesh.services {
         out.push(workloads::pod_disruption_budget(s, opts)?);
     }
-    out.extend(autoscaling::order_service_hpa(mesh, opts)?);
-    out.extend(autoscaling::user_service_scaled_object(mesh, opts)?);
+    for s in &spec.services {
+        out.extend(autoscaling::hpa(s, opts)?);
+    }
+    for s in &spec.services {
+        out.extend(autoscaling::scaled_object(s, opts)?);
+    }
     if opts.pod_monitor {
         out.push(istio::pod_monitor(opts));
     }

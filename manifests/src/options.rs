@@ -79,12 +79,6 @@ pub struct RenderOptions {
     pub namespace: String,
     /// GPU node labels and taints.
     pub profile: Profile,
-    /// Image of user-service.
-    pub user_image: String,
-    /// Image of order-service.
-    pub order_image: String,
-    /// Image of payment-service.
-    pub payment_image: String,
     /// URL of the authorization filter module (`oci://…`, `https://…` or `file://…`). The default
     /// points at `registry.invalid`, a placeholder `install` refuses: publish the module first.
     pub authz_module_url: String,
@@ -115,16 +109,6 @@ pub struct RenderOptions {
     pub log_level: LogLevel,
     /// HTTP path of the readiness and liveness probes.
     pub health_path: String,
-    /// KEDA threshold on order-service's CPU, in cores per user-service replica (a decimal string).
-    pub keda_cpu_threshold: String,
-    /// KEDA activation threshold on order-service's CPU, in cores.
-    pub keda_cpu_activation_threshold: String,
-    /// When set, user-service also scales on the request rate into order-service (requests per
-    /// second per user-service replica, from the metrics filter), whichever trigger asks for more.
-    pub request_rate_threshold: Option<String>,
-    /// Give payment-service its GPU (`nvidia.com/gpu: 1`, GPU node affinity and toleration).
-    /// Turn off only for clusters without GPUs; other workloads avoid GPU nodes either way.
-    pub gpu_enabled: bool,
     /// The Pod Security level the namespace enforces. `restricted` unless Istio runs without its
     /// CNI plugin, whose `istio-init` container only `privileged` admits (`meshctl install`
     /// detects it: `PodSecurity::for_istio`).
@@ -137,15 +121,9 @@ pub struct RenderOptions {
 impl RenderOptions {
     /// The defaults for an install into `namespace`.
     pub fn new(namespace: &str) -> Self {
-        let image = |s: &str| {
-            format!("us-west1-docker.pkg.dev/brave-smile-424210-m0/microservice/{s}:latest")
-        };
         Self {
             namespace: namespace.to_owned(),
             profile: Profile::default(),
-            user_image: image("user-service"),
-            order_image: image("order-service"),
-            payment_image: image("payment-service"),
             authz_module_url: "oci://registry.invalid/meshguard/authz:0.1.0".to_owned(),
             metrics_module_url: "oci://registry.invalid/meshguard/metrics:0.1.0".to_owned(),
             authz_module_sha256: None,
@@ -158,22 +136,8 @@ impl RenderOptions {
             authz_mode: Mode::Enforce,
             log_level: LogLevel::Info,
             health_path: DEFAULT_HEALTH_PATH.to_owned(),
-            keda_cpu_threshold: DEFAULT_KEDA_CPU_THRESHOLD.to_owned(),
-            keda_cpu_activation_threshold: DEFAULT_KEDA_CPU_ACTIVATION_THRESHOLD.to_owned(),
-            request_rate_threshold: None,
-            gpu_enabled: true,
             pod_security: crate::PodSecurity::Restricted,
             fast_scale_down: false,
-        }
-    }
-
-    /// The image of a service: the three of the original write-up by name, `None` for any other.
-    pub fn image_for(&self, service: &str) -> Option<&str> {
-        match service {
-            meshguard_mesh::model::USER_SERVICE => Some(&self.user_image),
-            meshguard_mesh::model::ORDER_SERVICE => Some(&self.order_image),
-            meshguard_mesh::model::PAYMENT_SERVICE => Some(&self.payment_image),
-            _ => None,
         }
     }
 
@@ -183,13 +147,6 @@ impl RenderOptions {
             .map_err(|e| RenderError::option("namespace", e.to_string()))?;
         validate_dns_label(&self.monitoring_namespace)
             .map_err(|e| RenderError::option("monitoring_namespace", e.to_string()))?;
-        for (field, image) in [
-            ("user_image", &self.user_image),
-            ("order_image", &self.order_image),
-            ("payment_image", &self.payment_image),
-        ] {
-            check_image(field, image)?;
-        }
         module_url_port("authz_module_url", &self.authz_module_url)?;
         module_url_port("metrics_module_url", &self.metrics_module_url)?;
         for (field, sha) in [
@@ -235,15 +192,6 @@ impl RenderOptions {
                 "must be an absolute path without whitespace",
             ));
         }
-        check_decimal("keda_cpu_threshold", &self.keda_cpu_threshold, false)?;
-        check_decimal(
-            "keda_cpu_activation_threshold",
-            &self.keda_cpu_activation_threshold,
-            true,
-        )?;
-        if let Some(t) = &self.request_rate_threshold {
-            check_decimal("request_rate_threshold", t, false)?;
-        }
         Ok(())
     }
 
@@ -265,12 +213,10 @@ impl RenderOptions {
     }
 }
 
-fn check_image(field: &str, image: &str) -> Result<(), RenderError> {
+/// An image reference: not empty, no whitespace or control characters.
+pub(crate) fn check_image(image: &str) -> Result<(), String> {
     if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(RenderError::option(
-            field,
-            format!("`{image}` is not an image reference"),
-        ));
+        return Err(format!("`{image}` is not an image reference"));
     }
     Ok(())
 }
@@ -351,7 +297,7 @@ fn check_cidr(field: &str, cidr: &str) -> Result<(), RenderError> {
 }
 
 /// A plain decimal (`0.5`, `12`): what KEDA parses as a float, without exponents or `inf`.
-fn check_decimal(field: &str, value: &str, zero_ok: bool) -> Result<(), RenderError> {
+pub(crate) fn check_decimal(value: &str, zero_ok: bool) -> Result<(), String> {
     let digits_ok = !value.is_empty()
         && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
         && value.bytes().filter(|b| *b == b'.').count() <= 1
@@ -360,12 +306,9 @@ fn check_decimal(field: &str, value: &str, zero_ok: bool) -> Result<(), RenderEr
     let parsed = value.parse::<f64>().ok().filter(|v| v.is_finite());
     match parsed {
         Some(v) if digits_ok && (v > 0.0 || (zero_ok && v == 0.0)) => Ok(()),
-        _ => Err(RenderError::option(
-            field,
-            format!(
-                "`{value}` must be a {} decimal number like `0.5`",
-                if zero_ok { "non-negative" } else { "positive" }
-            ),
+        _ => Err(format!(
+            "`{value}` must be a {} decimal number like `0.5`",
+            if zero_ok { "non-negative" } else { "positive" }
         )),
     }
 }
@@ -407,11 +350,11 @@ mod tests {
 
     #[test]
     fn decimals_and_cidrs() {
-        assert!(check_decimal("f", "0.5", false).is_ok());
-        assert!(check_decimal("f", "12", false).is_ok());
-        assert!(check_decimal("f", "0", true).is_ok());
+        assert!(check_decimal("0.5", false).is_ok());
+        assert!(check_decimal("12", false).is_ok());
+        assert!(check_decimal("0", true).is_ok());
         for bad in ["0", "-1", "1e3", "inf", "NaN", ".5", "5.", "1.2.3", ""] {
-            assert!(check_decimal("f", bad, false).is_err(), "accepted {bad:?}");
+            assert!(check_decimal(bad, false).is_err(), "accepted {bad:?}");
         }
         assert!(check_cidr("f", "10.0.0.0/8").is_ok());
         assert!(check_cidr("f", "::/0").is_ok());

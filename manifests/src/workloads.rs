@@ -19,11 +19,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
 use meshguard_mesh::metrics::ENVOY_STAT_PREFIX;
-use meshguard_mesh::model::PAYMENT_SERVICE;
 use meshguard_mesh::{Mesh, Service as MeshService};
 use serde_json::json;
 
 use crate::object::{meta, typed};
+use crate::spec::{Placement, ServiceSpec as ServiceEntry};
 use crate::{labels, Profile, RenderError, RenderOptions, NAME_KEY, SYSTEM_NAME};
 
 /// Extended resource the NVIDIA device plugin advertises.
@@ -127,36 +127,54 @@ fn quantities(items: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
         .collect()
 }
 
-/// Whether this service gets the GPU.
-fn wants_gpu(s: &MeshService, opts: &RenderOptions) -> bool {
-    opts.gpu_enabled && s.name == PAYMENT_SERVICE
+/// The service's CPU and memory (its own, or the defaults: more for a GPU service, which feeds
+/// the device), plus its GPUs and other extended resources. Requests are what the HPA's CPU
+/// utilization is measured against (75 % of 250m ≈ 190m per order-service pod).
+fn resources(s: &ServiceEntry) -> ResourceRequirements {
+    let (requests, limits) = match (&s.resources, s.wants_gpu()) {
+        (Some(r), _) => (
+            quantities(&[
+                ("cpu", r.requests.cpu.as_str()),
+                ("memory", r.requests.memory.as_str()),
+            ]),
+            quantities(&[
+                ("cpu", r.limits.cpu.as_str()),
+                ("memory", r.limits.memory.as_str()),
+            ]),
+        ),
+        (None, true) => (
+            quantities(&[("cpu", "500m"), ("memory", "512Mi")]),
+            quantities(&[("cpu", "2"), ("memory", "1Gi")]),
+        ),
+        (None, false) => (
+            quantities(&[("cpu", "250m"), ("memory", "128Mi")]),
+            quantities(&[("cpu", "1"), ("memory", "256Mi")]),
+        ),
+    };
+    let (mut requests, mut limits) = (requests, limits);
+    // Extended resources cannot be overcommitted: request and limit must be equal.
+    for (name, count) in extended_resources(&s.placement) {
+        requests.insert(name.clone(), Quantity(count.to_string()));
+        limits.insert(name, Quantity(count.to_string()));
+    }
+    ResourceRequirements {
+        requests: Some(requests),
+        limits: Some(limits),
+        ..ResourceRequirements::default()
+    }
 }
 
-/// CPU and memory for every service; payment-service also gets one GPU. Requests are what the
-/// HPA's CPU utilization is measured against (75 % of 250m ≈ 190m per order-service pod).
-fn resources(gpu: bool) -> ResourceRequirements {
-    if gpu {
-        // Extended resources cannot be overcommitted: request and limit must be equal.
-        ResourceRequirements {
-            requests: Some(quantities(&[
-                ("cpu", "500m"),
-                ("memory", "512Mi"),
-                (GPU_RESOURCE, "1"),
-            ])),
-            limits: Some(quantities(&[
-                ("cpu", "2"),
-                ("memory", "1Gi"),
-                (GPU_RESOURCE, "1"),
-            ])),
-            ..ResourceRequirements::default()
-        }
-    } else {
-        ResourceRequirements {
-            requests: Some(quantities(&[("cpu", "250m"), ("memory", "128Mi")])),
-            limits: Some(quantities(&[("cpu", "1"), ("memory", "256Mi")])),
-            ..ResourceRequirements::default()
-        }
+/// GPUs and the other extended resources a pod asks for.
+fn extended_resources(p: &Placement) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = p
+        .extended_resources
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    if p.gpus > 0 {
+        out.push((GPU_RESOURCE.to_owned(), p.gpus));
     }
+    out
 }
 
 fn requirement(key: &str, operator: &str, values: &[&str]) -> NodeSelectorRequirement {
@@ -169,19 +187,29 @@ fn requirement(key: &str, operator: &str, values: &[&str]) -> NodeSelectorRequir
 
 /// Required node affinity: GPU pods only on GPU nodes, every other pod never on one (GPU nodes
 /// are scarce and expensive; the taint keeps most pods off them, this keeps off the rest, e.g.
-/// anything that tolerates every taint).
-fn affinity(profile: Profile, gpu: bool) -> Affinity {
-    let req = match (profile, gpu) {
+/// anything that tolerates every taint); then the service's own requirements, all of which must
+/// hold too.
+fn affinity(profile: Profile, s: &ServiceEntry) -> Affinity {
+    let gpu = s.wants_gpu();
+    let pool = match (profile, gpu) {
         (Profile::Local, true) => requirement(LOCAL_GPU_LABEL.0, "In", &[LOCAL_GPU_LABEL.1]),
         (Profile::Local, false) => requirement(LOCAL_GPU_LABEL.0, "NotIn", &[LOCAL_GPU_LABEL.1]),
         (Profile::Gke, true) => requirement(GKE_ACCELERATOR_LABEL, "Exists", &[]),
         (Profile::Gke, false) => requirement(GKE_ACCELERATOR_LABEL, "DoesNotExist", &[]),
     };
+    let mut expressions = vec![pool];
+    for r in &s.placement.node_affinity {
+        expressions.push(NodeSelectorRequirement {
+            key: r.key.clone(),
+            operator: r.operator.as_str().to_owned(),
+            values: (!r.values.is_empty()).then(|| r.values.clone()),
+        });
+    }
     Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
                 node_selector_terms: vec![NodeSelectorTerm {
-                    match_expressions: Some(vec![req]),
+                    match_expressions: Some(expressions),
                     ..NodeSelectorTerm::default()
                 }],
             }),
@@ -189,6 +217,29 @@ fn affinity(profile: Profile, gpu: bool) -> Affinity {
         }),
         ..Affinity::default()
     }
+}
+
+/// The GPU taint's toleration for a GPU service, then the service's own.
+fn tolerations(s: &ServiceEntry) -> Option<Vec<Toleration>> {
+    let mut out = Vec::new();
+    if s.wants_gpu() {
+        out.push(Toleration {
+            key: Some(GPU_TAINT_KEY.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        });
+    }
+    for t in &s.placement.tolerations {
+        out.push(Toleration {
+            key: Some(t.key.clone()),
+            operator: Some(t.operator.as_str().to_owned()),
+            value: t.value.clone(),
+            effect: Some(t.effect.as_str().to_owned()),
+            ..Toleration::default()
+        });
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// `proxy.istio.io/config` for the pods:
@@ -319,15 +370,12 @@ fn url_var(service: &str) -> String {
 /// The Deployment of a service.
 pub(crate) fn deployment(
     mesh: &Mesh,
-    s: &MeshService,
+    s: &ServiceEntry,
     opts: &RenderOptions,
 ) -> Result<DynamicObject, RenderError> {
-    let image = opts.image_for(&s.name).ok_or_else(|| RenderError::Object {
-        kind: "Deployment".into(),
-        name: s.name.clone(),
-        message: "no image option for this service".into(),
-    })?;
-    let gpu = wants_gpu(s, opts);
+    let image = s.image.as_str();
+    // Extended resources are scarce: a pod that needs one cannot surge (see below).
+    let scarce = !extended_resources(&s.placement).is_empty();
     // Callees are reached over plain HTTP: the sidecar upgrades the connection to mutual TLS
     // with the caller's mesh identity, which is what the callee's authorization filter checks.
     // (An app that spoke TLS itself would hide the requests from the HTTP filters.)
@@ -358,7 +406,7 @@ pub(crate) fn deployment(
             ..ContainerPort::default()
         }]),
         env: (!env.is_empty()).then_some(env),
-        resources: Some(resources(gpu)),
+        resources: Some(resources(s)),
         readiness_probe: Some(http_probe(&opts.health_path, s.port, 10, 3)),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),
@@ -401,7 +449,7 @@ pub(crate) fn deployment(
         ),
     ]));
     let pod = PodSpec {
-        service_account_name: Some(s.service_account.clone()),
+        service_account_name: Some(s.service_account().to_owned()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         security_context: Some(PodSecurityContext {
@@ -415,15 +463,10 @@ pub(crate) fn deployment(
             }),
             ..PodSecurityContext::default()
         }),
-        affinity: Some(affinity(opts.profile, gpu)),
-        tolerations: gpu.then(|| {
-            vec![Toleration {
-                key: Some(GPU_TAINT_KEY.into()),
-                operator: Some("Exists".into()),
-                effect: Some("NoSchedule".into()),
-                ..Toleration::default()
-            }]
-        }),
+        node_selector: (!s.placement.node_selector.is_empty())
+            .then(|| s.placement.node_selector.clone()),
+        affinity: Some(affinity(opts.profile, s)),
+        tolerations: tolerations(s),
         containers: vec![container],
         volumes: Some(vec![Volume {
             name: "tmp".into(),
@@ -435,10 +478,11 @@ pub(crate) fn deployment(
         }]),
         ..PodSpec::default()
     };
-    // A GPU pod cannot surge: with one GPU free, the new pod would wait forever for a second one
-    // while the old one holds the first. Replace in place instead. Other services surge one pod
-    // and keep the old one serving until the new one is ready.
-    let rolling = if gpu {
+    // A GPU pod (or one with another extended resource) cannot surge: with one GPU free, the new
+    // pod would wait forever for a second one while the old one holds the first. Replace in place
+    // instead. Other services surge one pod and keep the old one serving until the new one is
+    // ready.
+    let rolling = if scarce {
         RollingUpdateDeployment {
             max_surge: Some(IntOrString::Int(0)),
             max_unavailable: Some(IntOrString::Int(1)),
@@ -451,7 +495,7 @@ pub(crate) fn deployment(
     };
     // Autoscaled Deployments leave `replicas` to their autoscaler: applying a number on every
     // install would undo its decisions.
-    let autoscaled = crate::autoscaling::is_autoscaled(mesh, &s.name);
+    let autoscaled = crate::autoscaling::is_autoscaled(s);
     typed(&Deployment {
         metadata: meta(
             &s.name,
@@ -459,7 +503,7 @@ pub(crate) fn deployment(
             labels(&opts.namespace, &s.name, WORKLOAD),
         ),
         spec: Some(DeploymentSpec {
-            replicas: (!autoscaled).then_some(1),
+            replicas: (!autoscaled).then_some(s.replicas.unwrap_or(1)),
             revision_history_limit: Some(5),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(&s.name)),

@@ -15,8 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
-use meshguard_manifests::{kind_of, render, Profile, RenderOptions};
-use meshguard_mesh::Mesh;
+use meshguard_manifests::{kind_of, render, MeshFile, MeshSpec, Overrides, Profile, RenderOptions};
 use meshguard_testcluster::{CrdSet, TestCluster, TestClusterOptions};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -67,7 +66,8 @@ async fn admit_pods(client: &kube::Client, objects: &[DynamicObject]) -> TestRes
             .map_err(|e| format!("pod of {:?} not admitted: {e}", pod.metadata.name))?;
         checked += 1;
     }
-    assert_eq!(checked, 3);
+    // Every mesh here has at least the three built-in services.
+    assert!(checked >= 3, "{checked} pods judged");
     Ok(())
 }
 
@@ -79,10 +79,13 @@ async fn objects_apply_with_strict_validation_and_pods_pass_pod_security() -> Te
 
     // Default options (local profile) in one namespace; every optional field set, GKE profile,
     // in another.
-    let mesh = Mesh::reference("meshguard")?;
-    let defaults = render(&mesh, &RenderOptions::new("meshguard"))?;
+    let defaults = render(&MeshSpec::reference(), &RenderOptions::new("meshguard"))?;
 
-    let mesh_gke = Mesh::reference("shop")?;
+    let mut spec_gke = MeshSpec::reference();
+    spec_gke.apply(&Overrides {
+        request_rate_threshold: Some("20".into()),
+        ..Overrides::default()
+    })?;
     let mut gke = RenderOptions::new("shop");
     gke.profile = Profile::Gke;
     gke.authz_module_url = "oci://us-docker.pkg.dev/p/wasm/authz:0.1.0".into();
@@ -91,10 +94,16 @@ async fn objects_apply_with_strict_validation_and_pods_pass_pod_security() -> Te
     gke.metrics_module_sha256 = Some("0123456789abcdef".repeat(4));
     gke.module_pull_secret = Some("wasm-pull".into());
     gke.module_fetch_cidrs = vec!["203.0.113.0/24".into(), "2001:db8::/32".into()];
-    gke.request_rate_threshold = Some("20".into());
-    let everything = render(&mesh_gke, &gke)?;
+    let everything = render(&spec_gke, &gke)?;
 
-    for objects in [&defaults, &everything] {
+    // The documentation's four-service mesh (a KEDA trigger of its own, a node selector, a
+    // toleration and an extended resource) in a third namespace.
+    let four_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples/four-services.yaml");
+    let four_spec = MeshFile::read(&four_file)?.spec;
+    let four = render(&four_spec, &RenderOptions::new("shop-four"))?;
+
+    for objects in [&defaults, &everything, &four] {
         apply_all(&client, objects).await?;
         // Applying again is a no-op, not a conflict: install is idempotent.
         apply_all(&client, objects).await?;

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use kube::api::DynamicObject;
+use meshguard_manifests::MeshSpec;
 use meshguard_manifests::{render, to_yaml, RenderOptions};
-use meshguard_mesh::Mesh;
 
 const NAMESPACE: &str = "meshguard";
 
@@ -25,8 +25,7 @@ fn header() -> String {
 }
 
 fn rendered() -> String {
-    let mesh = Mesh::reference(NAMESPACE).unwrap();
-    let objects = render(&mesh, &RenderOptions::new(NAMESPACE)).unwrap();
+    let objects = render(&MeshSpec::reference(), &RenderOptions::new(NAMESPACE)).unwrap();
     format!("{}{}", header(), to_yaml(&objects).unwrap())
 }
 
@@ -56,8 +55,7 @@ fn rendered_default_yaml_is_up_to_date() {
 
 #[test]
 fn yaml_parses_back_to_the_same_objects() {
-    let mesh = Mesh::reference(NAMESPACE).unwrap();
-    let objects = render(&mesh, &RenderOptions::new(NAMESPACE)).unwrap();
+    let objects = render(&MeshSpec::reference(), &RenderOptions::new(NAMESPACE)).unwrap();
     let yaml = to_yaml(&objects).unwrap();
     let parsed: Vec<DynamicObject> = serde_yaml::Deserializer::from_str(&yaml)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())

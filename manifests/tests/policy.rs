@@ -14,8 +14,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
 use meshguard_manifests::{
     apply_order_kinds, kind_of, order_cpu_query, ownership_labels, render, required_crds, to_yaml,
-    Profile, RenderError, RenderOptions, BOOTSTRAP_OVERRIDE_CONFIG_MAP, BOOTSTRAP_OVERRIDE_KEY,
-    COMPONENT_KEY, GKE_ACCELERATOR_LABEL, GPU_RESOURCE, GPU_TAINT_KEY, NAME_KEY,
+    MeshSpec, Overrides, Profile, RenderError, RenderOptions, BOOTSTRAP_OVERRIDE_CONFIG_MAP,
+    BOOTSTRAP_OVERRIDE_KEY, COMPONENT_KEY, GKE_ACCELERATOR_LABEL, GPU_RESOURCE, GPU_TAINT_KEY,
+    NAME_KEY,
 };
 use meshguard_mesh::metrics::{request_rate_query, ENVOY_STAT_PREFIX, STATS_TAGS};
 use meshguard_mesh::model::{ORDER_SERVICE, PAYMENT_SERVICE, USER_SERVICE};
@@ -25,12 +26,27 @@ use serde_json::Value;
 const NS: &str = "shop";
 const SERVICES: [&str; 3] = [USER_SERVICE, ORDER_SERVICE, PAYMENT_SERVICE];
 
+/// The policy model of the built-in mesh.
 fn mesh() -> Mesh {
-    Mesh::reference(NS).unwrap()
+    MeshSpec::reference().mesh(NS).unwrap()
 }
 
 fn objects_with(opts: &RenderOptions) -> Vec<DynamicObject> {
-    render(&mesh(), opts).unwrap()
+    render(&MeshSpec::reference(), opts).unwrap()
+}
+
+/// The built-in mesh with `overrides` applied, as the command-line flags do.
+fn objects_overridden(overrides: &Overrides, opts: &RenderOptions) -> Vec<DynamicObject> {
+    let mut spec = MeshSpec::reference();
+    spec.apply(overrides).unwrap();
+    render(&spec, opts).unwrap()
+}
+
+fn image(service: &str, image: &str) -> Overrides {
+    Overrides {
+        images: vec![(format!("--{service}-image"), service.into(), image.into())],
+        ..Overrides::default()
+    }
 }
 
 fn objects() -> Vec<DynamicObject> {
@@ -349,8 +365,8 @@ fn the_checker_catches_what_the_seed_did() {
 fn deployments_services_and_probes() {
     let mut opts = RenderOptions::new(NS);
     opts.health_path = "/ready".into();
-    opts.order_image = "registry.example/order:1.2.3".into();
-    let objects = objects_with(&opts);
+    let objects = objects_overridden(&image(ORDER_SERVICE, "registry.example/order:1.2.3"), &opts);
+    let reference = MeshSpec::reference();
     for s in SERVICES {
         let d = deployment(&objects, s);
         let spec = d.spec.as_ref().unwrap();
@@ -377,7 +393,12 @@ fn deployments_services_and_probes() {
         );
 
         let c = &pod_spec(&d).containers[0];
-        assert_eq!(c.image.as_deref(), Some(opts.image_for(s).unwrap()));
+        if s != ORDER_SERVICE {
+            assert_eq!(
+                c.image.as_deref(),
+                Some(reference.service(s).unwrap().image.as_str())
+            );
+        }
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
         let port = &c.ports.as_ref().unwrap()[0];
         assert_eq!(
@@ -555,9 +576,13 @@ fn only_payment_service_goes_to_gpu_nodes_everything_else_stays_off() {
 
 #[test]
 fn without_gpus_payment_service_schedules_anywhere_but_gpu_nodes() {
-    let mut opts = RenderOptions::new(NS);
-    opts.gpu_enabled = false;
-    let objects = objects_with(&opts);
+    let objects = objects_overridden(
+        &Overrides {
+            no_gpu: true,
+            ..Overrides::default()
+        },
+        &RenderOptions::new(NS),
+    );
     let d = deployment(&objects, PAYMENT_SERVICE);
     let pod = pod_spec(&d);
     assert!(!tolerates_gpu(pod));
@@ -808,10 +833,15 @@ fn keda_scales_user_service_on_the_rate_of_order_service_cpu() {
 #[test]
 fn keda_adds_the_request_rate_trigger_when_asked() {
     let mut opts = RenderOptions::new(NS);
-    opts.request_rate_threshold = Some("25".into());
-    opts.keda_cpu_threshold = "0.75".into();
     opts.prometheus_address = "http://prometheus.example:9090".into();
-    let objects = objects_with(&opts);
+    let objects = objects_overridden(
+        &Overrides {
+            request_rate_threshold: Some("25".into()),
+            cpu_threshold: Some("0.75".into()),
+            ..Overrides::default()
+        },
+        &opts,
+    );
     let triggers = of_kind(&objects, "ScaledObject")[0].data["spec"]["triggers"]
         .as_array()
         .unwrap()
@@ -895,10 +925,12 @@ fn default_deny_covers_every_pod_in_both_directions() {
     assert!(spec.egress.clone().unwrap_or_default().is_empty());
 }
 
-#[test]
-fn pod_to_pod_allows_follow_the_call_direction() {
-    let ps = policies(&objects());
-    // (from, to, ports) admitted by ingress rules, and allowed by egress rules.
+/// (from, to, ports) between the mesh's pods admitted by ingress rules, and allowed by egress
+/// rules.
+type Edges = BTreeSet<(String, String, Vec<(String, i32)>)>;
+
+fn pod_edges(objects: &[DynamicObject]) -> (Edges, Edges) {
+    let ps = policies(objects);
     let mut ingress = BTreeSet::new();
     let mut egress = BTreeSet::new();
     for p in &ps {
@@ -915,6 +947,12 @@ fn pod_to_pod_allows_follow_the_call_direction() {
             }
         }
     }
+    (ingress, egress)
+}
+
+#[test]
+fn pod_to_pod_allows_follow_the_call_direction() {
+    let (ingress, egress) = pod_edges(&objects());
     let http = vec![("TCP".to_owned(), 5000)];
     let want: BTreeSet<_> = [
         (
@@ -1009,12 +1047,11 @@ fn bad_options_are_refused_with_the_field_named() {
     let field_of = |f: &dyn Fn(&mut RenderOptions)| {
         let mut opts = RenderOptions::new(NS);
         f(&mut opts);
-        match render(&mesh(), &opts) {
+        match render(&MeshSpec::reference(), &opts) {
             Err(RenderError::Option { field, .. }) => field,
             other => panic!("expected an option error, got {other:?}"),
         }
     };
-    assert_eq!(field_of(&|o| o.namespace = "other".into()), "namespace");
     assert_eq!(field_of(&|o| o.namespace = "Bad_NS".into()), "namespace");
     assert_eq!(
         field_of(&|o| o.authz_module_sha256 = Some("ABC".into())),
@@ -1025,14 +1062,6 @@ fn bad_options_are_refused_with_the_field_named() {
         "metrics_module_url"
     );
     assert_eq!(
-        field_of(&|o| o.keda_cpu_threshold = "1000m".into()),
-        "keda_cpu_threshold"
-    );
-    assert_eq!(
-        field_of(&|o| o.request_rate_threshold = Some("-3".into())),
-        "request_rate_threshold"
-    );
-    assert_eq!(
         field_of(&|o| o.health_path = "healthz".into()),
         "health_path"
     );
@@ -1040,7 +1069,6 @@ fn bad_options_are_refused_with_the_field_named() {
         field_of(&|o| o.module_fetch_cidrs = vec!["10.0.0.0".into()]),
         "module_fetch_cidrs"
     );
-    assert_eq!(field_of(&|o| o.user_image = String::new()), "user_image");
     assert_eq!(
         field_of(&|o| o.prometheus_address = "prometheus:9090".into()),
         "prometheus_address"
@@ -1070,9 +1098,10 @@ fn pods_carry_istios_canonical_revision_from_the_image_tag() {
     assert_eq!(image_version("localhost:5000/user-service"), "latest");
     assert_eq!(image_version("r/user-service:v1@sha256:abc"), "v1");
     assert_eq!(image_version("r/user-service:-bad-"), "latest");
-    let mut opts = RenderOptions::new(NS);
-    opts.order_image = "registry.example/shop/order-service:2.0.1".into();
-    let objects = objects_with(&opts);
+    let objects = objects_overridden(
+        &image(ORDER_SERVICE, "registry.example/shop/order-service:2.0.1"),
+        &RenderOptions::new(NS),
+    );
     let d = deployment(&objects, "order-service");
     let labels = d.spec.unwrap().template.metadata.unwrap().labels.unwrap();
     assert_eq!(labels[VERSION_KEY], "2.0.1");
@@ -1095,4 +1124,128 @@ fn pod_security_enforce_follows_the_option_and_warn_and_audit_stay_restricted() 
     assert_eq!(labels["pod-security.kubernetes.io/enforce"], "privileged");
     assert_eq!(labels["pod-security.kubernetes.io/warn"], "restricted");
     assert_eq!(labels["pod-security.kubernetes.io/audit"], "restricted");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A fourth service, from the mesh file in docs/
+
+const INVENTORY: &str = "inventory-service";
+
+fn four_services() -> MeshSpec {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples/four-services.yaml");
+    meshguard_manifests::MeshFile::read(&path).unwrap().spec
+}
+
+fn four_objects() -> Vec<DynamicObject> {
+    render(&four_services(), &RenderOptions::new(NS)).unwrap()
+}
+
+/// The NetworkPolicies' truth table over every ordered pair of the four services: a pod may open
+/// a connection to another exactly when the mesh file names that call, only on the callee's port,
+/// and only when both the caller's egress and the callee's ingress allow it.
+#[test]
+fn network_policy_truth_table_of_four_services() {
+    let spec = four_services();
+    let objects = four_objects();
+    let (ingress, egress) = pod_edges(&objects);
+    let names: Vec<&str> = spec.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.len(), 4);
+    for from in &names {
+        for to in &names {
+            let port = i32::from(spec.service(to).unwrap().port);
+            let want = spec.calls.iter().any(|c| c.from == *from && c.to == *to);
+            let edge = (
+                (*from).to_owned(),
+                (*to).to_owned(),
+                vec![("TCP".to_owned(), port)],
+            );
+            assert_eq!(ingress.contains(&edge), want, "ingress {from} -> {to}");
+            assert_eq!(egress.contains(&edge), want, "egress {from} -> {to}");
+        }
+    }
+    // Nothing else between pods, on any port.
+    assert_eq!(ingress.len(), spec.calls.len());
+    assert_eq!(egress.len(), spec.calls.len());
+}
+
+#[test]
+fn a_fourth_service_gets_identity_filters_scaling_and_placement() {
+    let objects = four_objects();
+    // Identity.
+    let accounts: Vec<ServiceAccount> = all_typed(&objects, "ServiceAccount");
+    assert!(accounts
+        .iter()
+        .any(|a| a.metadata.name.as_deref() == Some(INVENTORY)));
+    let d = deployment(&objects, INVENTORY);
+    let pod = pod_spec(&d);
+    assert_eq!(pod.service_account_name.as_deref(), Some(INVENTORY));
+    assert!(restricted_violations(pod).is_empty());
+    // Both filters, configured from the call graph: only order-service, only GET under /stock.
+    let authz = plugin(&objects, &format!("{INVENTORY}-authz"));
+    assert_eq!(
+        authz["match"],
+        serde_json::json!([{"mode": "SERVER", "ports": [{"number": 8080}]}])
+    );
+    let config =
+        AuthzConfig::from_json(&serde_json::to_vec(&authz["pluginConfig"]).unwrap()).unwrap();
+    assert_eq!(config.workload, INVENTORY);
+    assert_eq!(config.allow.len(), 1);
+    assert_eq!(config.allow[0].service, ORDER_SERVICE);
+    assert_eq!(config.allow[0].methods, ["GET"]);
+    assert_eq!(config.allow[0].path_prefixes, ["/stock"]);
+    plugin(&objects, &format!("{INVENTORY}-metrics"));
+    // order-service learns where it is.
+    let order = deployment(&objects, ORDER_SERVICE);
+    let env = pod_spec(&order).containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == "INVENTORY_SERVICE_URL"
+        && e.value.as_deref() == Some("http://inventory-service.shop.svc.cluster.local:8080")));
+    // Its own port, resources and placement: the CPU pool, off GPU nodes, no GPU toleration.
+    let c = &pod.containers[0];
+    assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
+    let res = c.resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "100m");
+    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "128Mi");
+    assert_eq!(
+        pod.node_selector.clone().unwrap(),
+        BTreeMap::from([(
+            "cloud.google.com/gke-nodepool".to_owned(),
+            "cpu-pool".to_owned()
+        )])
+    );
+    assert!(!tolerates_gpu(pod));
+    assert_eq!(node_requirements(pod)[0].1, "NotIn");
+    // Scaling: KEDA on its own request rate and a query of the file, the namespace filled in.
+    assert!(d.spec.as_ref().unwrap().replicas.is_none());
+    let so = find(&objects, "ScaledObject", INVENTORY);
+    assert_eq!(so.data["spec"]["maxReplicaCount"], 6);
+    assert_eq!(so.data["spec"]["minReplicaCount"], 1);
+    let triggers = so.data["spec"]["triggers"].as_array().unwrap();
+    assert_eq!(triggers.len(), 2);
+    assert_eq!(triggers[0]["name"], "inventory-service-request-rate");
+    assert_eq!(
+        triggers[0]["metadata"]["query"],
+        request_rate_query(NS, INVENTORY).as_str()
+    );
+    assert_eq!(triggers[0]["metadata"]["threshold"], "50");
+    assert_eq!(triggers[1]["name"], "inventory-cpu");
+    let query = triggers[1]["metadata"]["query"].as_str().unwrap();
+    assert!(query.contains("namespace=\"shop\""), "{query}");
+    assert!(!query.contains("${namespace}"));
+    assert_eq!(triggers[1]["metadata"]["threshold"], "0.2");
+    // The three built-in services render as they do without the file, but for order-service's
+    // new callee.
+    let builtin = self::objects();
+    for (k, n) in [
+        ("Deployment", USER_SERVICE),
+        ("Deployment", PAYMENT_SERVICE),
+        ("ScaledObject", USER_SERVICE),
+        ("HorizontalPodAutoscaler", ORDER_SERVICE),
+    ] {
+        assert_eq!(
+            serde_json::to_value(find(&objects, k, n)).unwrap(),
+            serde_json::to_value(find(&builtin, k, n)).unwrap(),
+            "{k} {n}"
+        );
+    }
 }

@@ -107,7 +107,7 @@ pub fn rendered(args: &[&str]) -> Result<Vec<DynamicObject>, meshctl::Error> {
     let Command::Render(r) = cli.command else {
         unreachable!("parsed `render`")
     };
-    Ok(meshctl::commands::render_objects(&cli.global.namespace, &r.render)?.1)
+    Ok(meshctl::commands::render_objects(&cli.global, &r.render)?.1)
 }
 
 /// `Kind namespace/name` of an object.

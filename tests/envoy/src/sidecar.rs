@@ -426,10 +426,8 @@ impl Sidecar {
 /// What `meshctl render` renders for the reference mesh in `namespace` with default options, as
 /// JSON values.
 pub fn rendered(namespace: &str) -> Result<Vec<Value>, Error> {
-    let mesh =
-        meshguard_mesh::Mesh::reference(namespace).map_err(|e| Error::Rendered(e.to_string()))?;
     let opts = meshguard_manifests::RenderOptions::new(namespace);
-    meshguard_manifests::render(&mesh, &opts)
+    meshguard_manifests::render(&meshguard_manifests::MeshSpec::reference(), &opts)
         .map_err(|e| Error::Rendered(e.to_string()))?
         .iter()
         .map(|o| serde_json::to_value(o).map_err(|e| Error::Rendered(e.to_string())))

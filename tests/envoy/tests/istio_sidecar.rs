@@ -48,9 +48,11 @@ struct Mesh {
 fn mesh(name: &str) -> Mesh {
     let dir = std::env::temp_dir().join(format!("meshguard-envoy-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mesh = meshguard_mesh::Mesh::reference(NS).unwrap();
-    let rendered =
-        meshguard_manifests::render(&mesh, &meshguard_manifests::RenderOptions::new(NS)).unwrap();
+    let rendered = meshguard_manifests::render(
+        &meshguard_manifests::MeshSpec::reference(),
+        &meshguard_manifests::RenderOptions::new(NS),
+    )
+    .unwrap();
     let yaml = meshguard_manifests::to_yaml(&rendered).unwrap();
     let objects = rendered
         .iter()

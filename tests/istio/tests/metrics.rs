@@ -24,7 +24,7 @@ use meshguard_istio_tests::envoy::{self, parse_sidecar_stats, SidecarStats};
 use meshguard_istio_tests::{run, SIDECAR_STATS_SNAPSHOT};
 use meshguard_manifests::{render, to_yaml, RenderOptions};
 use meshguard_mesh::metrics::{SOURCE_NONE, SOURCE_UNKNOWN};
-use meshguard_mesh::{Mesh, Mode};
+use meshguard_mesh::Mode;
 use proxy_wasm_host::{MetricType, Properties, RequestSpec};
 
 fn root() -> PathBuf {
@@ -54,8 +54,8 @@ impl Drop for Rendered {
 }
 
 fn default_yaml(namespace: &str) -> String {
-    let mesh = Mesh::reference(namespace).unwrap();
-    to_yaml(&render(&mesh, &RenderOptions::new(namespace)).unwrap()).unwrap()
+    let spec = meshguard_manifests::MeshSpec::reference();
+    to_yaml(&render(&spec, &RenderOptions::new(namespace)).unwrap()).unwrap()
 }
 
 /// Istio's sidecar stats settings for each Deployment of `yaml`.

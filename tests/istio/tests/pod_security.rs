@@ -18,7 +18,6 @@ use kube::core::ObjectMeta;
 use meshctl::preflight::{detect_istio_cni, IstioCni};
 use meshguard_istio_tests::{run, run_raw_env};
 use meshguard_manifests::{render, to_yaml, PodSecurity, RenderOptions};
-use meshguard_mesh::Mesh;
 use meshguard_testcluster::{TestCluster, TestClusterOptions};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -45,7 +44,7 @@ impl Drop for Rendered {
 fn rendering(namespace: &str, level: PodSecurity) -> Vec<DynamicObject> {
     let mut opts = RenderOptions::new(namespace);
     opts.pod_security = level;
-    render(&Mesh::reference(namespace).unwrap(), &opts).unwrap()
+    render(&meshguard_manifests::MeshSpec::reference(), &opts).unwrap()
 }
 
 /// The pods Istio's injector makes of the rendered Deployments.

@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 
 use meshguard_istio_tests::run_raw;
-use meshguard_manifests::{render, to_yaml, Profile, RenderOptions};
-use meshguard_mesh::{Mesh, Mode};
+use meshguard_manifests::{render, to_yaml, MeshSpec, Overrides, Profile, RenderOptions};
+use meshguard_mesh::Mode;
 
 const NS: &str = "meshguard";
 
@@ -34,7 +34,11 @@ impl Drop for Rendered {
 }
 
 fn yaml(opts: &RenderOptions) -> String {
-    to_yaml(&render(&Mesh::reference(NS).unwrap(), opts).unwrap()).unwrap()
+    yaml_of(&MeshSpec::reference(), opts)
+}
+
+fn yaml_of(spec: &MeshSpec, opts: &RenderOptions) -> String {
+    to_yaml(&render(spec, opts).unwrap()).unwrap()
 }
 
 /// Runs `istioctl validate -f` on `yaml`; (exit status ok, stdout).
@@ -48,8 +52,28 @@ fn validate(tag: &str, yaml: &str) -> (bool, String, String) {
     )
 }
 
-/// Options that exercise every optional field of the Istio objects.
-fn everything() -> RenderOptions {
+/// The documentation's four-service mesh file.
+fn four_services() -> MeshSpec {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/examples/four-services.yaml");
+    meshguard_manifests::MeshFile::read(&path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .spec
+}
+
+/// A mesh and options that exercise every optional field of the Istio objects.
+fn everything() -> (MeshSpec, RenderOptions) {
+    let mut spec = MeshSpec::reference();
+    spec.apply(&Overrides {
+        images: vec![(
+            "--user-image".into(),
+            "user-service".into(),
+            "europe-docker.pkg.dev/p/shop/user-service:1.4.2".into(),
+        )],
+        request_rate_threshold: Some("50".into()),
+        ..Overrides::default()
+    })
+    .unwrap();
     let mut o = RenderOptions::new(NS);
     o.profile = Profile::Gke;
     o.authz_mode = Mode::DryRun;
@@ -59,18 +83,17 @@ fn everything() -> RenderOptions {
     o.authz_module_sha256 = Some("a".repeat(64));
     o.metrics_module_sha256 = Some("b".repeat(64));
     o.module_pull_secret = Some("module-pull".into());
-    o.request_rate_threshold = Some("50".into());
-    o.user_image = "europe-docker.pkg.dev/p/shop/user-service:1.4.2".into();
-    o
+    (spec, o)
 }
 
 #[test]
 fn every_rendering_passes_istioctl_validate_without_a_warning() {
-    for (tag, opts) in [
-        ("default", RenderOptions::new(NS)),
+    for (tag, (spec, opts)) in [
+        ("default", (MeshSpec::reference(), RenderOptions::new(NS))),
         ("everything", everything()),
+        ("four-services", (four_services(), RenderOptions::new(NS))),
     ] {
-        let (ok, stdout, stderr) = validate(tag, &yaml(&opts));
+        let (ok, stdout, stderr) = validate(tag, &yaml_of(&spec, &opts));
         assert!(ok, "{tag}: istioctl validate failed:\n{stdout}{stderr}");
         assert_eq!(
             stdout, "\"FILE\" is valid\n",
