@@ -9,6 +9,12 @@ use meshguard_mesh::{LogLevel, Mode};
 
 /// The namespace meshctl installs into unless `--namespace` says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "meshguard";
+/// The command that builds the filters where `meshctl publish` looks for them by default
+/// (`scripts/demo.sh` and `scripts/test.sh` build them there too).
+pub const BUILD_FILTERS: &str = "cargo build --profile wasm --target wasm32-wasip1 \
+     --target-dir target/filters -p meshguard-authz -p meshguard-metrics";
+/// Where [`BUILD_FILTERS`] leaves the modules: `meshctl publish`'s default `--filters-dir`.
+pub const DEFAULT_FILTERS_DIR: &str = "target/filters/wasm32-wasip1/wasm";
 /// How long `--wait` waits unless `--timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: &str = "5m";
 
@@ -158,7 +164,8 @@ its last line is the flags to pass to `meshctl install`.";
 
 const PUBLISH_EXAMPLES: &str = "\
 Examples:
-  cargo build --profile wasm --target wasm32-wasip1 -p meshguard-authz -p meshguard-metrics
+  cargo build --profile wasm --target wasm32-wasip1 --target-dir target/filters \\
+    -p meshguard-authz -p meshguard-metrics      # or scripts/demo.sh, which builds them too
   meshctl publish --repository europe-west4-docker.pkg.dev/my-project/meshguard --tag 0.1.0
   meshctl publish --repository localhost:5000/meshguard --plain-http";
 
@@ -674,9 +681,10 @@ pub struct PublishArgs {
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     pub tag: String,
 
-    /// Folder holding meshguard_authz.wasm and meshguard_metrics.wasm, as `cargo build
-    /// --profile wasm --target wasm32-wasip1` leaves them.
-    #[arg(long, value_name = "DIR", default_value = "target/wasm32-wasip1/wasm")]
+    /// Folder holding meshguard_authz.wasm and meshguard_metrics.wasm: where `scripts/demo.sh`,
+    /// `scripts/test.sh` and `cargo build --profile wasm --target wasm32-wasip1 --target-dir
+    /// target/filters` leave them.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_FILTERS_DIR)]
     pub filters_dir: PathBuf,
 
     /// Talk to the registry over plain HTTP (a registry on localhost); HTTPS otherwise.

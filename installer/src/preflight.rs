@@ -224,14 +224,15 @@ pub fn check_local(opts: &RenderOptions) -> PreflightReport {
                      {consequence}"
                 ),
                 format!(
-                    "publish the filters and pass their URLs: build them (`cargo build --profile \
-                     wasm --target wasm32-wasip1 -p meshguard-authz -p meshguard-metrics`), then \
-                     `meshctl publish --repository REGISTRY/PATH`, which pushes \
-                     target/wasm32-wasip1/wasm/{file} as {package} and prints the \
+                    "publish the filters and pass their URLs: build them (`{}`, or `scripts/demo.sh`), \
+                     then `meshctl publish --repository REGISTRY/PATH`, which pushes \
+                     {}/{file} as {package} and prints the \
                      `meshctl install {flag} oci://REGISTRY/PATH/{package}:TAG {flag}-sha256 \
                      …` flags; or serve it over https and pass {flag} https://... with \
                      {flag}-sha256. See docs/meshctl.md, \"Publishing the filters\", and \
-                     docs/deploy-gke.md section 7"
+                     docs/deploy-gke.md section 7",
+                    crate::cli::BUILD_FILTERS,
+                    crate::cli::DEFAULT_FILTERS_DIR
                 ),
             );
         } else {

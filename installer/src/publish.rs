@@ -48,7 +48,7 @@ pub const FILTERS: [(&str, &str, &str); 2] = [
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("cannot read {path}: {source}\n  fix: build the filters first: cargo build --profile wasm --target wasm32-wasip1 -p meshguard-authz -p meshguard-metrics (or pass --filters-dir)")]
+    #[error("cannot read {path}: {source}\n  fix: build the filters first: {} (or scripts/demo.sh; or pass --filters-dir)", crate::cli::BUILD_FILTERS)]
     ReadModule {
         path: PathBuf,
         source: std::io::Error,

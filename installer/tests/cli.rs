@@ -314,7 +314,7 @@ async fn install_refuses_placeholder_modules_before_touching_a_cluster() -> Test
         for word in [
             "--authz-module is the placeholder `oci://registry.invalid/meshguard/authz:0.1.0`",
             "--metrics-module is the placeholder",
-            "cargo build --profile wasm --target wasm32-wasip1 -p meshguard-authz",
+            meshctl::cli::BUILD_FILTERS,
             "docs/meshctl.md",
         ] {
             assert!(run.stderr.contains(word), "lacks {word:?}: {}", run.dump());
@@ -537,6 +537,51 @@ async fn a_bad_mesh_file_names_file_line_and_field_and_exits_2() -> TestResult {
     assert!(
         run.stderr
             .contains("invalid --user-image: the mesh has no service `user-service`"),
+        "{}",
+        run.dump()
+    );
+    Ok(())
+}
+
+/// `meshctl publish` looks for the modules where the README's commands build them:
+/// `scripts/common.sh` (demo.sh and test.sh) and the build command meshctl's messages give.
+#[tokio::test]
+async fn publish_finds_the_filters_where_the_scripts_build_them() -> TestResult {
+    let common = std::fs::read_to_string(format!(
+        "{}/../scripts/common.sh",
+        env!("CARGO_MANIFEST_DIR")
+    ))?;
+    let line = common
+        .lines()
+        .find(|l| l.starts_with("FILTERS_DIR="))
+        .ok_or("scripts/common.sh sets FILTERS_DIR")?;
+    assert_eq!(
+        line,
+        format!(
+            "FILTERS_DIR=\"$ROOT/{}\"",
+            meshctl::cli::DEFAULT_FILTERS_DIR
+        )
+    );
+    assert!(meshctl::cli::BUILD_FILTERS.contains("--target-dir target/filters"));
+    let help = meshctl(&["publish", "--help"]).await;
+    assert!(
+        help.stdout.contains(meshctl::cli::DEFAULT_FILTERS_DIR),
+        "{}",
+        help.dump()
+    );
+    // Without the modules, the error says how to build them.
+    let dir = tempfile::tempdir()?;
+    let run = meshctl(&[
+        "publish",
+        "--repository",
+        "localhost:1/meshguard",
+        "--filters-dir",
+        &dir.path().display().to_string(),
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert!(
+        run.stderr.contains(meshctl::cli::BUILD_FILTERS),
         "{}",
         run.dump()
     );
