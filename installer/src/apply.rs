@@ -74,7 +74,7 @@ pub async fn install(
 ) -> Result<InstallReport, Error> {
     let local = preflight::check_local(opts);
     if !local.is_ok() {
-        return Err(Error::Preflight(Box::new(local)));
+        return Err(local.refusal());
     }
     let mut report = InstallReport::default();
     if install.skip_preflight {
@@ -93,7 +93,7 @@ pub async fn install(
             progress.warn(format!("{}\n  fix: {}", w.problem, w.fix));
         }
         if !checks.is_ok() {
-            return Err(Error::Preflight(Box::new(checks)));
+            return Err(checks.refusal());
         }
         progress.info(format!(
             "preflight: {} check(s) passed, {} warning(s)",

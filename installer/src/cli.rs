@@ -9,12 +9,6 @@ use meshguard_mesh::{LogLevel, Mode};
 
 /// The namespace meshctl installs into unless `--namespace` says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "meshguard";
-/// The command that builds the filters where `meshctl publish` looks for them by default
-/// (`scripts/demo.sh` and `scripts/test.sh` build them there too).
-pub const BUILD_FILTERS: &str = "cargo build --profile wasm --target wasm32-wasip1 \
-     --target-dir target/filters -p meshguard-authz -p meshguard-metrics";
-/// Where [`BUILD_FILTERS`] leaves the modules: `meshctl publish`'s default `--filters-dir`.
-pub const DEFAULT_FILTERS_DIR: &str = "target/filters/wasm32-wasip1/wasm";
 /// How long `--wait` waits unless `--timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: &str = "5m";
 
@@ -684,7 +678,7 @@ pub struct PublishArgs {
     /// Folder holding meshguard_authz.wasm and meshguard_metrics.wasm: where `scripts/demo.sh`,
     /// `scripts/test.sh` and `cargo build --profile wasm --target wasm32-wasip1 --target-dir
     /// target/filters` leave them.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_FILTERS_DIR)]
+    #[arg(long, value_name = "DIR", default_value = crate::publish::DEFAULT_FILTERS_DIR)]
     pub filters_dir: PathBuf,
 
     /// Talk to the registry over plain HTTP (a registry on localhost); HTTPS otherwise.
@@ -704,6 +698,28 @@ pub struct RenderCmdArgs {
 pub struct PreflightArgs {
     #[command(flatten)]
     pub render: RenderArgs,
+}
+
+/// The command-line flag that sets a [`RenderOptions`] field.
+pub fn flag_of(field: &str) -> String {
+    match field {
+        "authz_module_url" => "--authz-module".to_owned(),
+        "metrics_module_url" => "--metrics-module".to_owned(),
+        "module_fetch_cidrs" => "--module-fetch-cidr".to_owned(),
+        "authz_mode" => "--mode".to_owned(),
+        other => format!("--{}", other.replace('_', "-")),
+    }
+}
+
+/// An error as the command line says it: an invalid option is named by its flag
+/// (`invalid --prometheus-address: ...`), everything else describes itself.
+pub fn describe(e: &crate::Error) -> String {
+    match e {
+        crate::Error::Render(meshguard_manifests::RenderError::Option { field, message }) => {
+            format!("invalid {}: {message}", flag_of(field))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// A Kubernetes namespace name: a DNS-1123 label.
@@ -854,5 +870,90 @@ mod tests {
         };
         assert_eq!(args.dry_run, DryRun::Server);
         assert!(Cli::try_parse_from(["meshctl", "uninstall", "--dry-run=client"]).is_err());
+    }
+
+    #[test]
+    fn flags_of_fields() {
+        assert_eq!(flag_of("user_image"), "--user-image");
+        assert_eq!(flag_of("authz_module_url"), "--authz-module");
+        assert_eq!(flag_of("module_fetch_cidrs"), "--module-fetch-cidr");
+        assert_eq!(flag_of("namespace"), "--namespace");
+    }
+
+    /// Every option `RenderOptions::validate` can name maps to a flag clap really defines.
+    #[test]
+    fn every_option_names_a_flag_clap_defines() {
+        let cli = Cli::command();
+        let mut flags: Vec<String> = cli
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        for sub in cli.get_subcommands() {
+            flags.extend(
+                sub.get_arguments()
+                    .filter_map(|a| a.get_long().map(|l| format!("--{l}"))),
+            );
+        }
+        for field in [
+            "namespace",
+            "monitoring_namespace",
+            "authz_module_url",
+            "metrics_module_url",
+            "authz_module_sha256",
+            "metrics_module_sha256",
+            "module_pull_secret",
+            "module_fetch_cidrs",
+            "prometheus_address",
+            "health_path",
+            "authz_mode",
+            "log_level",
+            "profile",
+            "pod_monitor",
+            "pod_security",
+            "fast_scale_down",
+        ] {
+            let flag = flag_of(field);
+            assert!(
+                flags.contains(&flag),
+                "{field} -> {flag}, not a flag of meshctl"
+            );
+        }
+        // The list above is every field: a new one fails to compile here until it is added.
+        let meshguard_manifests::RenderOptions {
+            namespace: _,
+            monitoring_namespace: _,
+            authz_module_url: _,
+            metrics_module_url: _,
+            authz_module_sha256: _,
+            metrics_module_sha256: _,
+            module_pull_secret: _,
+            module_fetch_cidrs: _,
+            prometheus_address: _,
+            health_path: _,
+            authz_mode: _,
+            log_level: _,
+            profile: _,
+            pod_monitor: _,
+            pod_security: _,
+            fast_scale_down: _,
+        } = meshguard_manifests::RenderOptions::new("n");
+    }
+
+    #[test]
+    fn render_errors_name_the_flag() {
+        let e = crate::Error::Render(meshguard_manifests::RenderError::Option {
+            field: "health_path".to_owned(),
+            message: "must be an absolute path without whitespace".to_owned(),
+        });
+        assert_eq!(
+            describe(&e),
+            "invalid --health-path: must be an absolute path without whitespace"
+        );
+        // The library's own message names the option, not a flag.
+        assert_eq!(
+            e.to_string(),
+            "cannot render the objects: invalid option `health_path`: must be an absolute path \
+             without whitespace"
+        );
     }
 }

@@ -156,7 +156,7 @@ impl Connection {
             .await
             .map(|info| info.git_version)
             .map_err(|e| Error::Unreachable {
-                origin: self.origin.clone(),
+                origin: self.origin.to_string(),
                 message: describe_kube_error(&e),
                 hint: unreachable_hint(&e),
             })

@@ -96,7 +96,7 @@ pub async fn run(
             // Refuse placeholder modules before touching (or even looking for) a cluster.
             let local = preflight::check_local(&opts);
             if !local.is_ok() {
-                return Err(Error::Preflight(Box::new(local)));
+                return Err(local.refusal());
             }
             let conn = connect(&global).await?;
             let (opts, objects) = render_for_cluster(&conn, &global, &args.render).await?;

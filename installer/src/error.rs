@@ -4,14 +4,12 @@ use std::time::Duration;
 
 use meshguard_manifests::RenderError;
 
-use crate::client::Origin;
-use crate::preflight::PreflightReport;
-
 /// Everything that can go wrong in a meshctl command.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The flags describe objects that cannot be rendered.
-    #[error("{}", render_message(.0))]
+    /// The flags describe objects that cannot be rendered. (The command line names the flag
+    /// of an invalid option: `crate::cli::describe`.)
+    #[error("cannot render the objects: {0}")]
     Render(#[from] RenderError),
 
     /// The mesh file cannot be read, or says something meshctl cannot install; the message
@@ -39,10 +37,11 @@ pub enum Error {
         hint: String,
     },
 
-    /// The API server did not answer.
+    /// The API server did not answer. `origin` says which server, from which kubeconfig and
+    /// context (`crate::client::Origin`).
     #[error("cannot reach the {origin}: {message}\n  fix: {hint}")]
     Unreachable {
-        origin: Origin,
+        origin: String,
         message: String,
         hint: String,
     },
@@ -51,9 +50,13 @@ pub enum Error {
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
 
-    /// Preflight found errors (the report lists them with their fixes).
-    #[error("{}", preflight_message(.0))]
-    Preflight(Box<PreflightReport>),
+    /// Preflight found errors: `problems` lists them with their fixes, one per line pair.
+    #[error(
+        "preflight found {count} problem{} that would break the install:\n{problems}\n\
+         (--skip-preflight skips the cluster checks, not the module URL check)",
+        if *.count == 1 { "" } else { "s" }
+    )]
+    Preflight { count: usize, problems: String },
 
     /// The API server does not serve a kind meshguard renders.
     #[error(
@@ -195,120 +198,5 @@ fn kube_hint(e: &kube::Error) -> Option<String> {
                 .to_owned(),
         ),
         _ => None,
-    }
-}
-
-fn render_message(e: &RenderError) -> String {
-    match e {
-        RenderError::Option { field, message } => {
-            format!("invalid {}: {message}", flag_of(field))
-        }
-        other => format!("cannot render the objects: {other}"),
-    }
-}
-
-/// The command-line flag that sets a [`meshguard_manifests::RenderOptions`] field.
-pub fn flag_of(field: &str) -> String {
-    match field {
-        "authz_module_url" => "--authz-module".to_owned(),
-        "metrics_module_url" => "--metrics-module".to_owned(),
-        "module_fetch_cidrs" => "--module-fetch-cidr".to_owned(),
-        "authz_mode" => "--mode".to_owned(),
-        other => format!("--{}", other.replace('_', "-")),
-    }
-}
-
-fn preflight_message(report: &PreflightReport) -> String {
-    let errors = report.errors().count();
-    format!(
-        "preflight found {errors} problem{} that would break the install:\n{}\n(--skip-preflight \
-         skips the cluster checks, not the module URL check)",
-        if errors == 1 { "" } else { "s" },
-        report.render_problems()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_of_fields() {
-        assert_eq!(flag_of("user_image"), "--user-image");
-        assert_eq!(flag_of("authz_module_url"), "--authz-module");
-        assert_eq!(flag_of("module_fetch_cidrs"), "--module-fetch-cidr");
-        assert_eq!(flag_of("namespace"), "--namespace");
-    }
-
-    /// Every option `RenderOptions::validate` can name maps to a flag clap really defines.
-    #[test]
-    fn every_option_names_a_flag_clap_defines() {
-        use clap::CommandFactory;
-        let cli = crate::cli::Cli::command();
-        let mut flags: Vec<String> = cli
-            .get_arguments()
-            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
-            .collect();
-        for sub in cli.get_subcommands() {
-            flags.extend(
-                sub.get_arguments()
-                    .filter_map(|a| a.get_long().map(|l| format!("--{l}"))),
-            );
-        }
-        for field in [
-            "namespace",
-            "monitoring_namespace",
-            "authz_module_url",
-            "metrics_module_url",
-            "authz_module_sha256",
-            "metrics_module_sha256",
-            "module_pull_secret",
-            "module_fetch_cidrs",
-            "prometheus_address",
-            "health_path",
-            "authz_mode",
-            "log_level",
-            "profile",
-            "pod_monitor",
-            "pod_security",
-            "fast_scale_down",
-        ] {
-            let flag = flag_of(field);
-            assert!(
-                flags.contains(&flag),
-                "{field} -> {flag}, not a flag of meshctl"
-            );
-        }
-        // The list above is every field: a new one fails to compile here until it is added.
-        let meshguard_manifests::RenderOptions {
-            namespace: _,
-            monitoring_namespace: _,
-            authz_module_url: _,
-            metrics_module_url: _,
-            authz_module_sha256: _,
-            metrics_module_sha256: _,
-            module_pull_secret: _,
-            module_fetch_cidrs: _,
-            prometheus_address: _,
-            health_path: _,
-            authz_mode: _,
-            log_level: _,
-            profile: _,
-            pod_monitor: _,
-            pod_security: _,
-            fast_scale_down: _,
-        } = meshguard_manifests::RenderOptions::new("n");
-    }
-
-    #[test]
-    fn render_errors_name_the_flag() {
-        let e = Error::Render(RenderError::Option {
-            field: "user_image".to_owned(),
-            message: "`a b` is not an image reference".to_owned(),
-        });
-        assert_eq!(
-            e.to_string(),
-            "invalid --user-image: `a b` is not an image reference"
-        );
     }
 }

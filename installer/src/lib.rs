@@ -11,6 +11,10 @@
 //! - [`resources`], [`scheduling`], [`wait`], [`progress`], [`error`]: the pieces they share.
 //!
 //! The objects themselves come from `meshguard-manifests`; the model from `meshguard-mesh`.
+//!
+//! Imports go one way (`tests/modules.rs` checks it): [`error`] imports none of the others, and
+//! each error describes itself; the command line's own wording, such as the flag that sets an
+//! invalid option, is added at the edge by [`cli::describe`].
 
 pub mod apply;
 pub mod cli;

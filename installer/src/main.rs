@@ -16,11 +16,16 @@ fn main() -> ExitCode {
         Ok(Finished::Problems) => ExitCode::FAILURE,
         Err(e) => {
             // Every meshctl error carries its causes and fix in its own message.
-            eprintln!("error: {e}");
-            let code = e
-                .downcast_ref::<meshctl::Error>()
-                .map_or(1, meshctl::Error::exit_code);
-            ExitCode::from(code)
+            match e.downcast_ref::<meshctl::Error>() {
+                Some(e) => {
+                    eprintln!("error: {}", meshctl::cli::describe(e));
+                    ExitCode::from(e.exit_code())
+                }
+                None => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

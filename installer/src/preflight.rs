@@ -123,6 +123,14 @@ impl PreflightReport {
             .join("\n")
     }
 
+    /// The error that refuses an install with these findings.
+    pub fn refusal(&self) -> Error {
+        Error::Preflight {
+            count: self.errors().count(),
+            problems: self.render_problems(),
+        }
+    }
+
     /// Points each finding about a service's pods at where the mesh file places them
     /// (`mesh.yaml:31:5: services[3].placement: ...`).
     pub fn locate(&mut self, file: &meshguard_manifests::MeshFile) {
@@ -231,8 +239,8 @@ pub fn check_local(opts: &RenderOptions) -> PreflightReport {
                      …` flags; or serve it over https and pass {flag} https://... with \
                      {flag}-sha256. See docs/meshctl.md, \"Publishing the filters\", and \
                      docs/deploy-gke.md section 7",
-                    crate::cli::BUILD_FILTERS,
-                    crate::cli::DEFAULT_FILTERS_DIR
+                    crate::publish::BUILD_FILTERS,
+                    crate::publish::DEFAULT_FILTERS_DIR
                 ),
             );
         } else {

@@ -45,10 +45,17 @@ pub const FILTERS: [(&str, &str, &str); 2] = [
     ),
 ];
 
+/// The command that builds the filters where `meshctl publish` looks for them by default
+/// (`scripts/demo.sh` and `scripts/test.sh` build them there too).
+pub const BUILD_FILTERS: &str = "cargo build --profile wasm --target wasm32-wasip1 \
+     --target-dir target/filters -p meshguard-authz -p meshguard-metrics";
+/// Where [`BUILD_FILTERS`] leaves the modules: `meshctl publish`'s default `--filters-dir`.
+pub const DEFAULT_FILTERS_DIR: &str = "target/filters/wasm32-wasip1/wasm";
+
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("cannot read {path}: {source}\n  fix: build the filters first: {} (or scripts/demo.sh; or pass --filters-dir)", crate::cli::BUILD_FILTERS)]
+    #[error("cannot read {path}: {source}\n  fix: build the filters first: {} (or scripts/demo.sh; or pass --filters-dir)", BUILD_FILTERS)]
     ReadModule {
         path: PathBuf,
         source: std::io::Error,

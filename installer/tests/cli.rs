@@ -314,7 +314,7 @@ async fn install_refuses_placeholder_modules_before_touching_a_cluster() -> Test
         for word in [
             "--authz-module is the placeholder `oci://registry.invalid/meshguard/authz:0.1.0`",
             "--metrics-module is the placeholder",
-            meshctl::cli::BUILD_FILTERS,
+            meshctl::publish::BUILD_FILTERS,
             "docs/meshctl.md",
         ] {
             assert!(run.stderr.contains(word), "lacks {word:?}: {}", run.dump());
@@ -559,13 +559,13 @@ async fn publish_finds_the_filters_where_the_scripts_build_them() -> TestResult 
         line,
         format!(
             "FILTERS_DIR=\"$ROOT/{}\"",
-            meshctl::cli::DEFAULT_FILTERS_DIR
+            meshctl::publish::DEFAULT_FILTERS_DIR
         )
     );
-    assert!(meshctl::cli::BUILD_FILTERS.contains("--target-dir target/filters"));
+    assert!(meshctl::publish::BUILD_FILTERS.contains("--target-dir target/filters"));
     let help = meshctl(&["publish", "--help"]).await;
     assert!(
-        help.stdout.contains(meshctl::cli::DEFAULT_FILTERS_DIR),
+        help.stdout.contains(meshctl::publish::DEFAULT_FILTERS_DIR),
         "{}",
         help.dump()
     );
@@ -581,7 +581,7 @@ async fn publish_finds_the_filters_where_the_scripts_build_them() -> TestResult 
     .await;
     assert_eq!(run.code, Some(1), "{}", run.dump());
     assert!(
-        run.stderr.contains(meshctl::cli::BUILD_FILTERS),
+        run.stderr.contains(meshctl::publish::BUILD_FILTERS),
         "{}",
         run.dump()
     );
