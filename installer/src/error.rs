@@ -179,8 +179,8 @@ fn kube_hint(e: &kube::Error) -> Option<String> {
         ),
         403 => Some(
             "the account lacks a permission: meshctl needs get, list, create, patch and delete \
-             on every kind `meshctl render` prints (in the namespace) and on namespaces; \
-             cluster-admin has them"
+             on every kind `meshctl render` prints (in the namespace) and on namespaces, and \
+             watch on Deployments and what uninstall deletes for --wait; cluster-admin has them"
                 .to_owned(),
         ),
         409 => Some(

@@ -72,6 +72,7 @@ struct Found {
     object: ObjectRef,
     api_version: String,
     resolved: Resolved,
+    uid: Option<String>,
 }
 
 /// The label the endpoints controller puts on the Endpoints it makes for each Service, beside
@@ -132,6 +133,7 @@ pub async fn uninstall(
                 object: resources::object_ref_of(&object, &kind.resource.kind),
                 api_version: kind.resource.api_version.clone(),
                 resolved: kind.clone(),
+                uid: object.metadata.uid.clone(),
             });
         }
     }
@@ -143,6 +145,7 @@ pub async fn uninstall(
     let namespace_found = live_ns
         .as_ref()
         .is_some_and(|ns| is_ours(ns.labels(), namespace));
+    let namespace_uid = live_ns.as_ref().and_then(|ns| ns.metadata.uid.clone());
     if found.is_empty() && !namespace_found {
         progress.info(format!(
             "nothing to uninstall: no object carries the labels {selector}"
@@ -179,7 +182,7 @@ pub async fn uninstall(
         deleted: Vec::new(),
         namespace: namespace_outcome,
     };
-    let mut gone_check: Vec<(ObjectRef, String)> = Vec::new();
+    let mut gone_check: Vec<wait::Deleted> = Vec::new();
     for (i, f) in found.iter().enumerate() {
         let api = resources::api(client, &f.resolved, f.object.namespace.as_deref());
         let outcome = match api.delete(&f.object.name, &params).await {
@@ -196,7 +199,11 @@ pub async fn uninstall(
             dry_run: opts.dry_run,
         });
         report.deleted.push(f.object.clone());
-        gone_check.push((f.object.clone(), f.api_version.clone()));
+        gone_check.push(wait::Deleted {
+            object: f.object.clone(),
+            api_version: f.api_version.clone(),
+            uid: f.uid.clone(),
+        });
     }
     match &report.namespace {
         NamespaceOutcome::Deleted => {
@@ -218,7 +225,11 @@ pub async fn uninstall(
                 outcome,
                 dry_run: opts.dry_run,
             });
-            gone_check.push((object, "v1".to_owned()));
+            gone_check.push(wait::Deleted {
+                object,
+                api_version: "v1".to_owned(),
+                uid: namespace_uid.clone(),
+            });
         }
         NamespaceOutcome::Absent => {}
         NamespaceOutcome::Terminating => {

@@ -1,28 +1,23 @@
-//! `--wait`: poll until Deployments are available, or objects are gone, within a deadline.
+//! `--wait`: until Deployments are available, or deleted objects are gone, within a deadline.
+//!
+//! Each object is watched with kube-runtime's `await_condition` (a watch on that one object, so
+//! a change is seen when it happens, not at the next poll), with `conditions::is_deleted` for
+//! deletions: it also counts an object deleted and created again, by its UID. What is left when
+//! the deadline passes is read once more, to say why each is still pending.
 
+use std::future::Future;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::Client;
-use tokio::time::{sleep, Instant};
+use tokio::time::{timeout_at, Instant};
 
-use crate::error::Error;
+use crate::error::{describe_kube_error, Error};
 use crate::progress::{ObjectRef, Progress};
 use crate::resources::{self, Resources};
-
-/// Time between two polls.
-const POLL: Duration = Duration::from_secs(2);
-
-/// Sleeps until the next poll; `false` once the deadline has passed.
-async fn next_poll(deadline: Instant) -> bool {
-    let now = Instant::now();
-    if now >= deadline {
-        return false;
-    }
-    sleep(POLL.min(deadline - now)).await;
-    true
-}
 
 /// Whether a Deployment has rolled out: the controller saw its latest spec, and every desired
 /// replica is updated and available. `Err` carries "1/3 available" style progress.
@@ -48,6 +43,46 @@ pub fn deployment_available(d: &Deployment) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs one wait per object until all are done or `deadline` passes, reporting each as it is
+/// done. Returns the objects still pending at the deadline (empty: all done).
+async fn each_until<F>(
+    waits: Vec<(ObjectRef, F)>,
+    deadline: Instant,
+    done: &str,
+    progress: &mut dyn Progress,
+) -> Result<Vec<ObjectRef>, Error>
+where
+    F: Future<Output = Result<(), kube::runtime::wait::Error>>,
+{
+    let mut left: Vec<ObjectRef> = waits.iter().map(|(o, _)| o.clone()).collect();
+    let mut running: FuturesUnordered<_> = waits
+        .into_iter()
+        .map(|(object, wait)| async move { (object, wait.await) })
+        .collect();
+    loop {
+        match timeout_at(deadline, running.next()).await {
+            Ok(None) => return Ok(Vec::new()),
+            Ok(Some((object, Ok(())))) => {
+                progress.info(format!("{object} {done}"));
+                left.retain(|o| o != &object);
+            }
+            Ok(Some((object, Err(e)))) => {
+                return Err(Error::Kube {
+                    action: format!("watching {object}"),
+                    message: e.to_string(),
+                    hint: Some(
+                        "the account needs `watch` on the objects meshctl installs (see \
+                         docs/meshctl.md, Permissions)"
+                            .to_owned(),
+                    ),
+                    code: 0,
+                })
+            }
+            Err(_) => return Ok(left),
+        }
+    }
+}
+
 /// Waits until every Deployment in `deployments` is available.
 pub async fn deployments_available(
     client: &Client,
@@ -61,53 +96,66 @@ pub async fn deployments_available(
         deployments.len()
     ));
     let deadline = Instant::now() + timeout;
-    let mut todo: Vec<ObjectRef> = deployments.to_vec();
-    loop {
-        let mut pending = Vec::new();
-        let mut still = Vec::new();
-        for d in todo {
-            let ns = d.namespace.clone().unwrap_or_default();
-            let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-            let live = api
-                .get_opt(&d.name)
+    let api = |d: &ObjectRef| -> Api<Deployment> {
+        Api::namespaced(client.clone(), d.namespace.as_deref().unwrap_or_default())
+    };
+    let waits = deployments
+        .iter()
+        .map(|d| {
+            let (api, name) = (api(d), d.name.clone());
+            let wait = async move {
+                await_condition(api, &name, |o: Option<&Deployment>| {
+                    o.is_some_and(|d| deployment_available(d).is_ok())
+                })
                 .await
-                .map_err(|e| Error::kube(format!("reading {d}"), &e))?;
-            match live.as_ref().map(deployment_available) {
-                Some(Ok(())) => progress.info(format!("{d} is available")),
-                Some(Err(why)) => {
-                    pending.push(format!("{d}: {why}"));
-                    still.push(d);
-                }
-                None => {
-                    pending.push(format!("{d}: not found"));
-                    still.push(d);
-                }
-            }
-        }
-        if still.is_empty() {
-            return Ok(());
-        }
-        todo = still;
-        if !next_poll(deadline).await {
-            return Err(Error::Timeout {
-                what: "the Deployments to become available".to_owned(),
-                waited: timeout,
-                pending,
-                hint: "look at the pods (`kubectl -n NAMESPACE get pods`, `kubectl describe \
-                       pod`): an image that cannot be pulled, payment-service waiting for a GPU \
-                       node, or sidecars failing to fetch the Wasm modules (`kubectl logs POD -c \
-                       istio-proxy`); raise --timeout for slow rollouts"
-                    .to_owned(),
-            });
-        }
+                .map(drop)
+            };
+            (d.clone(), wait)
+        })
+        .collect();
+    let left = each_until(waits, deadline, "is available", progress).await?;
+    if left.is_empty() {
+        return Ok(());
     }
+    let mut pending = Vec::new();
+    for d in &left {
+        pending.push(match api(d).get_opt(&d.name).await {
+            Ok(Some(live)) => format!(
+                "{d}: {}",
+                deployment_available(&live)
+                    .err()
+                    .unwrap_or_else(|| "available now".to_owned())
+            ),
+            Ok(None) => format!("{d}: not found"),
+            Err(e) => format!("{d}: cannot read it: {}", describe_kube_error(&e)),
+        });
+    }
+    Err(Error::Timeout {
+        what: "the Deployments to become available".to_owned(),
+        waited: timeout,
+        pending,
+        hint: "look at the pods (`kubectl -n NAMESPACE get pods`, `kubectl describe pod`): an \
+               image that cannot be pulled, a pod waiting for a GPU node, or sidecars failing to \
+               fetch the Wasm modules (`kubectl logs POD -c istio-proxy`); raise --timeout for \
+               slow rollouts"
+            .to_owned(),
+    })
 }
 
-/// Waits until every object in `objects` is gone (404).
+/// An object `uninstall` deleted: which, its API version, and its UID when known (so that an
+/// object of the same name created since does not count as the deleted one).
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    pub object: ObjectRef,
+    pub api_version: String,
+    pub uid: Option<String>,
+}
+
+/// Waits until every object in `objects` is gone.
 pub async fn objects_gone(
     client: &Client,
     resources: &Resources,
-    objects: &[(ObjectRef, String)],
+    objects: &[Deleted],
     timeout: Duration,
     progress: &mut dyn Progress,
 ) -> Result<(), Error> {
@@ -117,45 +165,63 @@ pub async fn objects_gone(
         objects.len()
     ));
     let deadline = Instant::now() + timeout;
-    loop {
-        let mut pending = Vec::new();
-        for (object, api_version) in objects {
-            let Some(resolved) = resources.resolve(api_version, &object.kind) else {
-                continue;
+    let api = |d: &Deleted| -> Option<Api<DynamicObject>> {
+        let resolved = resources.resolve(&d.api_version, &d.object.kind)?;
+        Some(resources::api(
+            client,
+            &resolved,
+            d.object.namespace.as_deref(),
+        ))
+    };
+    let waits = objects
+        .iter()
+        .filter_map(|d| {
+            let (api, name, uid) = (api(d)?, d.object.name.clone(), d.uid.clone());
+            let wait = async move {
+                match uid {
+                    Some(uid) => await_condition(api, &name, conditions::is_deleted(&uid)).await,
+                    None => {
+                        await_condition(api, &name, |o: Option<&DynamicObject>| o.is_none()).await
+                    }
+                }
+                .map(drop)
             };
-            let api = resources::api(client, &resolved, object.namespace.as_deref());
-            let live = api
-                .get_opt(&object.name)
-                .await
-                .map_err(|e| Error::kube(format!("reading {object}"), &e))?;
-            if let Some(live) = live {
+            Some((d.object.clone(), wait))
+        })
+        .collect();
+    let left = each_until(waits, deadline, "is gone", progress).await?;
+    if left.is_empty() {
+        progress.info("every deleted object is gone".to_owned());
+        return Ok(());
+    }
+    let mut pending = Vec::new();
+    for d in objects.iter().filter(|d| left.contains(&d.object)) {
+        let object = &d.object;
+        let live = match api(d) {
+            Some(api) => api.get_opt(&object.name).await,
+            None => continue,
+        };
+        pending.push(match live {
+            Ok(Some(live)) => {
                 let finalizers = live.metadata.finalizers.unwrap_or_default();
                 if finalizers.is_empty() {
-                    pending.push(format!("{object}: still present"));
+                    format!("{object}: still present")
                 } else {
-                    pending.push(format!(
-                        "{object}: waiting for finalizers {}",
-                        finalizers.join(", ")
-                    ));
+                    format!("{object}: waiting for finalizers {}", finalizers.join(", "))
                 }
             }
-        }
-        if pending.is_empty() {
-            progress.info("every deleted object is gone".to_owned());
-            return Ok(());
-        }
-        if !next_poll(deadline).await {
-            return Err(Error::Timeout {
-                what: "the deleted objects to be gone".to_owned(),
-                waited: timeout,
-                pending,
-                hint: "objects with finalizers wait for their controller (KEDA for \
-                       ScaledObjects, the namespace controller for the namespace): check that \
-                       those controllers run"
-                    .to_owned(),
-            });
-        }
+            Ok(None) => format!("{object}: gone now"),
+            Err(e) => format!("{object}: cannot read it: {}", describe_kube_error(&e)),
+        });
     }
+    Err(Error::Timeout {
+        what: "the deleted objects to be gone".to_owned(),
+        waited: timeout,
+        pending,
+        hint: "objects with finalizers wait for their controller (KEDA for ScaledObjects, the \
+               namespace controller for the namespace): check that those controllers run"
+            .to_owned(),
+    })
 }
 
 #[cfg(test)]
