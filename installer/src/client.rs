@@ -62,7 +62,7 @@ impl fmt::Debug for Connection {
 impl Connection {
     /// Builds a client for `target` (no request is sent yet).
     pub async fn new(target: &ClusterTarget) -> Result<Self, Error> {
-        install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let options = KubeConfigOptions {
             context: target.context.clone(),
             ..KubeConfigOptions::default()
@@ -198,10 +198,4 @@ fn unreachable_hint(e: &kube::Error) -> String {
               authorized networks), and that --kubeconfig/--context name the right cluster"
             .to_owned(),
     }
-}
-
-/// kube's `rustls-tls` feature leaves the crypto provider to the application.
-fn install_crypto_provider() {
-    // Err means a provider is installed already, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

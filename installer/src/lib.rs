@@ -8,7 +8,8 @@
 //! - [`apply`]: `install`, server-side apply of every rendered object in order.
 //! - [`status`]: present / missing / drifted, with workload and autoscaler health.
 //! - [`uninstall`]: delete exactly what carries meshctl's ownership labels.
-//! - [`resources`], [`scheduling`], [`wait`], [`progress`], [`error`]: the pieces they share.
+//! - [`resources`], [`scheduling`], [`wait`], [`progress`], [`error`], [`tls`]: the pieces they
+//!   share.
 //!
 //! The objects themselves come from `meshguard-manifests`; the model from `meshguard-mesh`.
 //!
@@ -27,6 +28,7 @@ pub mod publish;
 pub mod resources;
 pub mod scheduling;
 pub mod status;
+pub mod tls;
 pub mod uninstall;
 pub mod wait;
 

@@ -8,21 +8,20 @@
 //! `sha256` Istio compares for an `oci://` URL is the **image manifest's digest**, not the
 //! `.wasm` file's (`pkg/wasm/cache.go`: `PrepareFetch` returns the manifest digest), so that is
 //! what `publish` prints.
+//!
+//! The distribution API (blob and manifest uploads, basic and bearer-token authentication) is
+//! oci-client's, and the docker config lookup with its credential helpers is
+//! docker_credential's. What is left here is what no crate does for us: the image itself, built
+//! byte for byte reproducibly (a tar of one file and a gzip of stored blocks), so that the same
+//! `.wasm` always has the same manifest digest.
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{
-    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
-};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use docker_credential::{CredentialRetrievalError, DockerCredential};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Reference, RegistryOperation};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -68,28 +67,24 @@ pub enum PublishError {
     Tag(String),
     #[error("cannot read the docker config {path}: {message}")]
     DockerConfig { path: PathBuf, message: String },
-    #[error("credential helper docker-credential-{helper} failed for {registry}: {message}")]
-    CredentialHelper {
-        helper: String,
+    #[error("no credentials for {registry} from the docker config {path}: {message}")]
+    Credentials {
+        path: PathBuf,
         registry: String,
         message: String,
     },
-    #[error("{method} {url}: {message}")]
-    Http {
-        method: String,
-        url: String,
+    #[error("pushing {reference}: {message}{}", hint.as_ref().map(|h| format!("\n  fix: {h}")).unwrap_or_default())]
+    Registry {
+        reference: String,
         message: String,
+        hint: Option<String>,
     },
-    #[error("{method} {url}: the registry answered {status}: {body}{hint}")]
-    Status {
-        method: String,
-        url: String,
-        status: u16,
-        body: String,
-        hint: String,
+    #[error("the registry stored the manifest of {reference} as {got}, not {want}")]
+    DigestMismatch {
+        reference: String,
+        want: String,
+        got: String,
     },
-    #[error("the registry stored the manifest as {got}, not {want}")]
-    DigestMismatch { want: String, got: String },
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -266,26 +261,13 @@ pub fn docker_config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker").join("config.json"))
 }
 
-/// The keys a docker config may file `registry` under.
-fn config_keys(registry: &str) -> Vec<String> {
-    let mut keys = vec![
-        registry.to_owned(),
-        format!("https://{registry}"),
-        format!("http://{registry}"),
-        format!("https://{registry}/v1/"),
-        format!("https://{registry}/v2/"),
-    ];
-    if registry == "docker.io" || registry == "registry-1.docker.io" {
-        keys.push("https://index.docker.io/v1/".to_owned());
-    }
-    keys
-}
-
-/// Credentials for `registry` from the docker config at `path` (absent file: none), as docker
-/// itself looks them up: `credHelpers[registry]`, else `auths[registry]`, else `credsStore`.
+/// Credentials for `registry` from the docker config at `path`, as docker itself looks them up
+/// (`credHelpers[registry]`, else `auths[registry]`, else `credsStore`; docker_credential runs
+/// the helpers). No file, or nothing stored for the registry: none, and the push goes
+/// anonymously.
 pub fn credentials(path: &Path, registry: &str) -> Result<Option<Credentials>, PublishError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(PublishError::DockerConfig {
@@ -294,422 +276,108 @@ pub fn credentials(path: &Path, registry: &str) -> Result<Option<Credentials>, P
             })
         }
     };
-    let bad = |message: String| PublishError::DockerConfig {
+    let fail = |message: String| PublishError::Credentials {
         path: path.to_owned(),
-        message,
-    };
-    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let keys = config_keys(registry);
-    if let Some(helper) = keys
-        .iter()
-        .find_map(|k| config["credHelpers"][k.as_str()].as_str())
-    {
-        return helper_credentials(helper, registry);
-    }
-    for k in &keys {
-        let entry = &config["auths"][k.as_str()];
-        if let Some(auth) = entry["auth"].as_str().filter(|a| !a.is_empty()) {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(auth)
-                .map_err(|e| bad(format!("auths[{k}].auth is not base64: {e}")))?;
-            let decoded = String::from_utf8(decoded)
-                .map_err(|_| bad(format!("auths[{k}].auth is not UTF-8")))?;
-            let (user, pass) = decoded
-                .split_once(':')
-                .ok_or_else(|| bad(format!("auths[{k}].auth is not user:password")))?;
-            return Ok(Some(Credentials {
-                username: user.to_owned(),
-                password: pass.to_owned(),
-            }));
-        }
-        if let (Some(u), Some(p)) = (entry["username"].as_str(), entry["password"].as_str()) {
-            return Ok(Some(Credentials {
-                username: u.to_owned(),
-                password: p.to_owned(),
-            }));
-        }
-    }
-    if let Some(store) = config["credsStore"].as_str() {
-        return helper_credentials(store, registry);
-    }
-    Ok(None)
-}
-
-/// `docker-credential-<helper> get`, the docker credential helper protocol.
-fn helper_credentials(helper: &str, registry: &str) -> Result<Option<Credentials>, PublishError> {
-    let fail = |message: String| PublishError::CredentialHelper {
-        helper: helper.to_owned(),
         registry: registry.to_owned(),
         message,
     };
-    let mut child = Command::new(format!("docker-credential-{helper}"))
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(e.to_string()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(registry.as_bytes())
-            .map_err(|e| fail(e.to_string()))?;
-    }
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        // The protocol's answer for "nothing stored for this server".
-        if msg.contains("credentials not found") {
-            return Ok(None);
+    match docker_credential::get_credential_from_reader(std::io::BufReader::new(file), registry) {
+        Ok(DockerCredential::UsernamePassword(username, password)) => {
+            Ok(Some(Credentials { username, password }))
         }
-        return Err(fail(format!("{}: {msg}", out.status)));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
-    match (v["Username"].as_str(), v["Secret"].as_str()) {
-        (Some(u), Some(s)) => Ok(Some(Credentials {
-            username: u.to_owned(),
-            password: s.to_owned(),
-        })),
-        _ => Err(fail("no Username/Secret in its answer".into())),
-    }
-}
-
-type HttpsClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
-
-/// A response, read to the end.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-/// The OCI distribution API of one registry, for pushing to one repository.
-struct Registry {
-    client: HttpsClient,
-    base: String,
-    repository: String,
-    credentials: Option<Credentials>,
-    authorization: Option<HeaderValue>,
-}
-
-impl Registry {
-    fn new(
-        registry: &str,
-        repository: &str,
-        plain_http: bool,
-        credentials: Option<Credentials>,
-    ) -> Result<Self, PublishError> {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| PublishError::Http {
-                method: "TLS".into(),
-                url: registry.to_owned(),
-                message: format!("cannot load the system's root certificates: {e}"),
-            })?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        Ok(Registry {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            base: format!("{}://{registry}", if plain_http { "http" } else { "https" }),
-            repository: repository.to_owned(),
-            credentials,
-            authorization: None,
-        })
-    }
-
-    async fn send(
-        &self,
-        method: &Method,
-        url: &str,
-        content_type: Option<&str>,
-        body: &Bytes,
-        authorization: Option<&HeaderValue>,
-    ) -> Result<Answer, PublishError> {
-        let http = |message: String| PublishError::Http {
-            method: method.to_string(),
-            url: url.to_owned(),
-            message,
-        };
-        let mut req = Request::builder().method(method.clone()).uri(url);
-        if let Some(ct) = content_type {
-            req = req.header(CONTENT_TYPE, ct);
-        }
-        if let Some(a) = authorization {
-            req = req.header(AUTHORIZATION, a.clone());
-        }
-        let req = req
-            .body(Full::new(body.clone()))
-            .map_err(|e| http(e.to_string()))?;
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| http(format!("{e} ({})", source_chain(&e))))?;
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| http(e.to_string()))?
-            .to_bytes();
-        Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
-    }
-
-    /// Sends a request; on `401` authenticates as the challenge asks (basic, or a bearer token
-    /// from the realm) and sends it once more.
-    async fn call(
-        &mut self,
-        method: Method,
-        url: &str,
-        content_type: Option<&str>,
-        body: Bytes,
-    ) -> Result<Answer, PublishError> {
-        let first = self
-            .send(
-                &method,
-                url,
-                content_type,
-                &body,
-                self.authorization.as_ref(),
-            )
-            .await?;
-        if first.status != StatusCode::UNAUTHORIZED {
-            return Ok(first);
-        }
-        let challenge = first
-            .headers
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        self.authorization = Some(self.authenticate(&challenge, url).await?);
-        self.send(
-            &method,
-            url,
-            content_type,
-            &body,
-            self.authorization.as_ref(),
-        )
-        .await
-    }
-
-    fn basic(&self) -> Option<HeaderValue> {
-        let c = self.credentials.as_ref()?;
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", c.username, c.password));
-        HeaderValue::from_str(&format!("Basic {token}")).ok()
-    }
-
-    async fn authenticate(&self, challenge: &str, url: &str) -> Result<HeaderValue, PublishError> {
-        let denied = |message: String| PublishError::Status {
-            method: "authenticate".into(),
-            url: url.to_owned(),
-            status: 401,
-            body: message,
-            hint: String::new(),
-        };
-        let no_credentials = || {
-            denied(format!(
-                "the registry wants credentials and none were found for it in {} \
-                 (fix: `docker login {}`, or the registry's credential helper)",
-                docker_config_path()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "the docker config".into()),
-                self.base.split("://").nth(1).unwrap_or_default()
-            ))
-        };
-        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
-        if scheme.eq_ignore_ascii_case("basic") {
-            return self.basic().ok_or_else(no_credentials);
-        }
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(denied(format!("unsupported challenge `{challenge}`")));
-        }
-        let params = challenge_params(params);
-        let realm = params
-            .get("realm")
-            .ok_or_else(|| denied(format!("bearer challenge without realm: `{challenge}`")))?;
-        let mut token_url = format!("{realm}?");
-        if let Some(service) = params.get("service") {
-            token_url.push_str(&format!("service={}&", query_escape(service)));
-        }
-        let scope = format!("repository:{}:pull,push", self.repository);
-        token_url.push_str(&format!("scope={}", query_escape(&scope)));
-        let answer = self
-            .send(
-                &Method::GET,
-                &token_url,
-                None,
-                &Bytes::new(),
-                self.basic().as_ref(),
-            )
-            .await?;
-        if !answer.status.is_success() {
-            if self.credentials.is_none() {
-                return Err(no_credentials());
-            }
-            return Err(status_error("GET", &token_url, &answer));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&answer.body)
-            .map_err(|e| denied(format!("token answer is not JSON: {e}")))?;
-        let token = v["token"]
-            .as_str()
-            .or_else(|| v["access_token"].as_str())
-            .ok_or_else(|| denied("token answer has no token".into()))?;
-        HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|e| denied(format!("token is not a header value: {e}")))
-    }
-
-    fn url(&self, tail: &str) -> String {
-        format!("{}/v2/{}/{tail}", self.base, self.repository)
-    }
-
-    /// Uploads `blob` unless the registry has it.
-    async fn put_blob(&mut self, blob: &[u8]) -> Result<(), PublishError> {
-        let d = digest(blob);
-        let head = self.url(&format!("blobs/{d}"));
-        let answer = self.call(Method::HEAD, &head, None, Bytes::new()).await?;
-        if answer.status.is_success() {
-            return Ok(());
-        }
-        let start = self.url("blobs/uploads/");
-        let answer = self.call(Method::POST, &start, None, Bytes::new()).await?;
-        if answer.status != StatusCode::ACCEPTED {
-            return Err(status_error("POST", &start, &answer));
-        }
-        let location = answer
-            .headers
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| PublishError::Http {
-                method: "POST".into(),
-                url: start.clone(),
-                message: "no Location in the upload answer".into(),
-            })?;
-        let mut put = if location.starts_with('/') {
-            format!("{}{location}", self.base)
-        } else {
-            location.to_owned()
-        };
-        put.push(if put.contains('?') { '&' } else { '?' });
-        put.push_str(&format!("digest={}", query_escape(&d)));
-        let answer = self
-            .call(
-                Method::PUT,
-                &put,
-                Some("application/octet-stream"),
-                Bytes::copy_from_slice(blob),
-            )
-            .await?;
-        if answer.status != StatusCode::CREATED {
-            return Err(status_error("PUT", &put, &answer));
-        }
-        Ok(())
-    }
-
-    async fn put_manifest(&mut self, tag: &str, manifest: &[u8]) -> Result<(), PublishError> {
-        let url = self.url(&format!("manifests/{tag}"));
-        let answer = self
-            .call(
-                Method::PUT,
-                &url,
-                Some(MANIFEST_MEDIA_TYPE),
-                Bytes::copy_from_slice(manifest),
-            )
-            .await?;
-        if answer.status != StatusCode::CREATED {
-            return Err(status_error("PUT", &url, &answer));
-        }
-        let want = digest(manifest);
-        if let Some(got) = answer
-            .headers
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
+        // An identity token is exchanged for an access token by docker's own login flow, which
+        // the distribution API's basic and bearer challenges do not cover.
+        Ok(DockerCredential::IdentityToken(_)) => Err(fail(
+            "it holds an identity token; log in with a username and password (or a credential \
+             helper that returns them) instead"
+                .to_owned(),
+        )),
+        Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
+        // The helper protocol's answer for "nothing stored for this server".
+        Err(CredentialRetrievalError::HelperFailure { stdout, .. })
+            if stdout.contains("credentials not found") =>
         {
-            if got != want {
-                return Err(PublishError::DigestMismatch {
-                    want,
-                    got: got.to_owned(),
-                });
-            }
+            Ok(None)
         }
-        Ok(())
+        Err(CredentialRetrievalError::ConfigReadError) => Err(PublishError::DockerConfig {
+            path: path.to_owned(),
+            message: "not a docker config (JSON with auths, credHelpers or credsStore)".to_owned(),
+        }),
+        Err(e) => Err(fail(e.to_string())),
     }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
-}
-
-fn status_error(method: &str, url: &str, a: &Answer) -> PublishError {
-    let hint = match a.status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            "\n  fix: check the credentials for this registry in the docker config (`docker login`) and that they may push to this repository".to_owned()
-        }
-        _ => String::new(),
+/// What a failed registry request means for the user.
+fn registry_error(reference: &Reference, e: &OciDistributionError) -> PublishError {
+    let auth_hint = "check the credentials for this registry in the docker config (`docker \
+                     login`) and that they may push to this repository";
+    let hint = match e {
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => Some(auth_hint.to_owned()),
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => Some(auth_hint.to_owned()),
+        OciDistributionError::RequestError(_) => Some(
+            "check that the registry is reachable from here; a registry without TLS (e.g. on \
+             localhost) needs --plain-http"
+                .to_owned(),
+        ),
+        _ => None,
     };
-    PublishError::Status {
-        method: method.to_owned(),
-        url: url.to_owned(),
-        status: a.status.as_u16(),
-        body: String::from_utf8_lossy(&a.body).chars().take(400).collect(),
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    PublishError::Registry {
+        reference: reference.whole(),
+        message,
         hint,
     }
 }
 
-/// `key="value", key2=value2` of a `WWW-Authenticate` challenge.
-fn challenge_params(s: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = s.trim();
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else {
-            break;
-        };
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.split_once('"') {
-                Some((v, a)) => (v.to_owned(), a),
-                None => (quoted.to_owned(), ""),
-            }
-        } else {
-            match after.split_once(',') {
-                Some((v, a)) => (v.trim().to_owned(), a),
-                None => (after.trim().to_owned(), ""),
-            }
-        };
-        out.insert(key, value);
-        rest = after.trim_start_matches(',').trim();
+/// Pushes one image (its blobs, then its manifest under `reference`) and checks that the
+/// registry files the manifest under the digest meshctl computed.
+async fn push(
+    client: &oci_client::Client,
+    reference: &Reference,
+    auth: &RegistryAuth,
+    image: &Image,
+) -> Result<(), PublishError> {
+    let fail = |e: OciDistributionError| registry_error(reference, &e);
+    client
+        .auth(reference, auth, RegistryOperation::Push)
+        .await
+        .map_err(fail)?;
+    for blob in [&image.layer, &image.config] {
+        client
+            .push_blob(reference, blob.clone(), &digest(blob))
+            .await
+            .map_err(fail)?;
     }
-    out
-}
-
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    let content_type = http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
+    client
+        .push_manifest_raw(reference, image.manifest.clone(), content_type)
+        .await
+        .map_err(fail)?;
+    let stored = client
+        .fetch_manifest_digest(reference, auth)
+        .await
+        .map_err(fail)?;
+    let want = digest(&image.manifest);
+    if stored != want {
+        return Err(PublishError::DigestMismatch {
+            reference: reference.whole(),
+            want,
+            got: stored,
+        });
+    }
+    Ok(())
 }
 
 /// One pushed module.
@@ -759,15 +427,26 @@ pub async fn publish(opts: &PublishOptions) -> Result<Vec<Published>, PublishErr
         Some(p) => credentials(p, &repo.registry)?,
         None => None,
     };
+    let auth = match creds {
+        Some(c) => RegistryAuth::Basic(c.username, c.password),
+        None => RegistryAuth::Anonymous,
+    };
+    crate::tls::install_crypto_provider();
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: if opts.plain_http {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        ..ClientConfig::default()
+    });
     let mut out = Vec::new();
     for (name, flag, wasm) in modules {
         let image = Image::of_wasm(&wasm);
         let repository = format!("{}/{name}", repo.path);
-        let mut registry =
-            Registry::new(&repo.registry, &repository, opts.plain_http, creds.clone())?;
-        registry.put_blob(&image.layer).await?;
-        registry.put_blob(&image.config).await?;
-        registry.put_manifest(&opts.tag, &image.manifest).await?;
+        let reference =
+            Reference::with_tag(repo.registry.clone(), repository.clone(), opts.tag.clone());
+        push(&client, &reference, &auth, &image).await?;
         out.push(Published {
             name: name.to_owned(),
             flag: flag.to_owned(),
@@ -792,6 +471,7 @@ pub fn install_flags(published: &[Published]) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use base64::Engine as _;
 
     #[test]
     fn tar_holds_the_file_at_block_boundaries() {
@@ -830,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn repositories_and_challenges_parse() {
+    fn repositories_and_tags_parse() {
         let r = Repository::parse("oci://127.0.0.1:5000/meshguard/").unwrap();
         assert_eq!(
             (r.registry.as_str(), r.path.as_str()),
@@ -838,11 +518,6 @@ mod tests {
         );
         assert!(Repository::parse("meshguard").is_err());
         assert!(Repository::parse("ghcr.io/Acme").is_err());
-        let p = challenge_params(
-            r#"realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#,
-        );
-        assert_eq!(p["realm"], "https://auth.example/token");
-        assert_eq!(p["service"], "registry.example");
         assert!(check_tag("0.1.0").is_ok());
         assert!(check_tag("-x").is_err());
     }

@@ -143,7 +143,7 @@ async fn published_modules_are_what_istios_agent_fetches_with_the_printed_sha256
     };
     let err = publish(&none).await.unwrap_err();
     assert!(
-        matches!(err, PublishError::Status { status: 401, .. }),
+        matches!(err, PublishError::Registry { hint: Some(_), .. }),
         "{err}"
     );
     assert!(err.to_string().contains("docker login"), "{err}");
