@@ -141,19 +141,7 @@ pub fn describe_kube_error(e: &kube::Error) -> String {
             };
             format!("{} (HTTP {}{reason})", s.message, s.code)
         }
-        other => {
-            let mut out = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !out.contains(&text) {
-                    out.push_str(": ");
-                    out.push_str(&text);
-                }
-                source = s.source();
-            }
-            out
-        }
+        other => crate::causes::with_causes(other),
     }
 }
 

@@ -8,8 +8,8 @@
 //! - [`apply`]: `install`, server-side apply of every rendered object in order.
 //! - [`status`]: present / missing / drifted, with workload and autoscaler health.
 //! - [`uninstall`]: delete exactly what carries meshctl's ownership labels.
-//! - [`resources`], [`scheduling`], [`wait`], [`progress`], [`error`], [`tls`]: the pieces they
-//!   share.
+//! - [`resources`], [`scheduling`], [`wait`], [`progress`], [`error`], [`tls`], [`causes`]: the
+//!   pieces they share.
 //!
 //! The objects themselves come from `meshguard-manifests`; the model from `meshguard-mesh`.
 //!
@@ -18,6 +18,7 @@
 //! invalid option, is added at the edge by [`cli::describe`].
 
 pub mod apply;
+pub mod causes;
 pub mod cli;
 pub mod client;
 pub mod commands;

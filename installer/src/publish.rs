@@ -324,19 +324,9 @@ fn registry_error(reference: &Reference, e: &OciDistributionError) -> PublishErr
         ),
         _ => None,
     };
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
     PublishError::Registry {
         reference: reference.whole(),
-        message,
+        message: crate::causes::with_causes(e),
         hint,
     }
 }
