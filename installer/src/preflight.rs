@@ -1,5 +1,17 @@
 //! Preflight: does the cluster have what the objects need? Every problem is collected into a
 //! typed [`PreflightReport`], each with how to fix it, so `install` can report them all at once.
+//!
+//! The checks are a table, [`CHECKS`], in the shape of linkerd's `healthcheck` package
+//! (linkerd2 `pkg/healthcheck/healthcheck.go`, `Checker`: a description, a hint anchor into the
+//! docs, `fatal`, `warning`, a retry deadline and the check function). Each [`Checker`] says
+//! what it checks, how bad its failure is at worst, whether it stops the checks after it, how
+//! long it is retried while what it found can still change by itself (a CRD not yet
+//! established, the metrics API not yet available), and where `docs/meshctl.md` explains the
+//! fix; each finding carries that anchor.
+
+use std::time::Duration;
+
+use futures::future::LocalBoxFuture;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,6 +79,12 @@ pub struct Finding {
     pub subject: String,
     pub problem: String,
     pub fix: String,
+    /// Where the documentation explains the check and its fix (`docs/meshctl.md#…`).
+    pub docs: String,
+    /// What was found can change by itself (a CRD not yet established): the check's
+    /// [`Checker::retry`] runs it again.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 impl fmt::Display for Finding {
@@ -75,7 +93,171 @@ impl fmt::Display for Finding {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "  {label}: {}\n    fix: {}", self.problem, self.fix)
+        write!(f, "  {label}: {}\n    fix: {}", self.problem, self.fix)?;
+        if !self.docs.is_empty() {
+            write!(f, "\n    see: {}", self.docs)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the cluster checks look at.
+pub struct Context<'a> {
+    pub conn: &'a Connection,
+    pub objects: &'a [DynamicObject],
+    pub opts: &'a RenderOptions,
+}
+
+/// A check's function: adds what it finds (and what passed) to the report.
+pub type RunCheck = for<'a> fn(&'a Context<'a>, &'a mut PreflightReport) -> LocalBoxFuture<'a, ()>;
+
+/// One row of the table.
+pub struct Checker {
+    pub check: Check,
+    /// What it checks, in a few words.
+    pub description: &'static str,
+    /// The worst a failure of it is: `Error` refuses the install, `Warning` does not.
+    pub severity: Severity,
+    /// An error here stops the checks after it (they cannot work without it).
+    pub fatal: bool,
+    /// How long it is run again while all it finds is transient.
+    pub retry: Option<Duration>,
+    /// The heading in `docs/meshctl.md` that explains it and its fixes.
+    pub anchor: &'static str,
+    /// Whether it applies to these objects (the metrics API only with an HPA).
+    pub applies: fn(&Context<'_>) -> bool,
+    pub run: RunCheck,
+}
+
+fn always(_: &Context<'_>) -> bool {
+    true
+}
+
+fn with_hpa(c: &Context<'_>) -> bool {
+    c.objects
+        .iter()
+        .any(|o| kind_name(o) == "HorizontalPodAutoscaler")
+}
+
+/// How often a retried check runs again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The cluster checks, in the order they run. (The module URL check, [`check_local`], runs
+/// before any of them and needs no cluster.)
+pub static CHECKS: [Checker; 8] = [
+    Checker {
+        check: Check::ApiServer,
+        description: "the API server answers",
+        severity: Severity::Error,
+        fatal: true,
+        retry: None,
+        anchor: "check-api-server",
+        applies: always,
+        run: |c, r| Box::pin(check_api_server(c.conn, r)),
+    },
+    Checker {
+        check: Check::Namespace,
+        description: "the namespace is usable",
+        severity: Severity::Error,
+        fatal: false,
+        retry: None,
+        anchor: "check-namespace",
+        applies: always,
+        run: |c, r| Box::pin(check_namespace(&c.conn.client, &c.opts.namespace, r)),
+    },
+    Checker {
+        check: Check::Crd,
+        description: "the CRDs the objects need are established and serve their versions",
+        severity: Severity::Error,
+        fatal: false,
+        // The API server establishes a new CRD within a second or two.
+        retry: Some(Duration::from_secs(5)),
+        anchor: "check-crds",
+        applies: always,
+        run: |c, r| Box::pin(check_crds(&c.conn.client, c.objects, r)),
+    },
+    Checker {
+        check: Check::MetricsApi,
+        description: "the resource metrics API serves CPU for the HPAs",
+        severity: Severity::Error,
+        fatal: false,
+        // metrics-server takes a minute or more to become available, longer than a preflight
+        // should wait; what it reports then is a warning.
+        retry: None,
+        anchor: "check-metrics-api",
+        applies: with_hpa,
+        run: |c, r| Box::pin(check_metrics_api(&c.conn.client, r)),
+    },
+    Checker {
+        check: Check::Scheduling,
+        description: "some node can run each Deployment's pods",
+        severity: Severity::Error,
+        fatal: false,
+        retry: None,
+        anchor: "check-scheduling",
+        applies: always,
+        run: |c, r| Box::pin(check_scheduling(&c.conn.client, c.objects, c.opts, r)),
+    },
+    Checker {
+        check: Check::Istiod,
+        description: "istiod runs",
+        severity: Severity::Warning,
+        fatal: false,
+        retry: None,
+        anchor: "check-istiod",
+        applies: always,
+        run: |c, r| Box::pin(check_istiod(&c.conn.client, r)),
+    },
+    Checker {
+        check: Check::IstioCni,
+        description: "Istio's injection admits the namespace's Pod Security level",
+        severity: Severity::Error,
+        fatal: false,
+        retry: None,
+        anchor: "check-istio-cni",
+        applies: always,
+        run: |c, r| {
+            Box::pin(async move {
+                let cni = detect_istio_cni(&c.conn.client).await;
+                check_istio_cni(&cni, c.opts, r);
+            })
+        },
+    },
+    Checker {
+        check: Check::Ownership,
+        description: "no object meshctl would apply belongs to someone else",
+        severity: Severity::Warning,
+        fatal: false,
+        retry: None,
+        anchor: "check-ownership",
+        applies: always,
+        run: |c, r| {
+            Box::pin(check_ownership(
+                &c.conn.client,
+                c.objects,
+                &c.opts.namespace,
+                r,
+            ))
+        },
+    },
+];
+
+/// Runs `check` until it finds nothing, finds something not transient, or `retry` has passed.
+async fn run_retried<F, Fut>(mut check: F, retry: Option<Duration>) -> PreflightReport
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = PreflightReport>,
+{
+    let deadline = retry.map(|r| tokio::time::Instant::now() + r);
+    loop {
+        let found = check().await;
+        let transient = !found.findings.is_empty() && found.findings.iter().all(|f| f.transient);
+        match deadline {
+            Some(d) if transient && tokio::time::Instant::now() + RETRY_INTERVAL < d => {
+                tokio::time::sleep(RETRY_INTERVAL).await;
+            }
+            _ => return found,
+        }
     }
 }
 
@@ -165,7 +347,16 @@ impl PreflightReport {
             subject: subject.to_owned(),
             problem,
             fix,
+            docs: String::new(),
+            transient: false,
         });
+    }
+
+    /// Marks the finding just added as one that can change by itself.
+    fn transient(&mut self) {
+        if let Some(f) = self.findings.last_mut() {
+            f.transient = true;
+        }
     }
 
     fn error(&mut self, check: Check, subject: &str, problem: String, fix: String) {
@@ -250,45 +441,61 @@ pub fn check_local(opts: &RenderOptions) -> PreflightReport {
     report
 }
 
-/// Every check: the local ones, then the cluster's. Fails only when a check cannot run at all
-/// for a reason that is not itself a finding.
+/// Every check: the local ones, then the table's, each where it applies. Fails only when a
+/// check cannot run at all for a reason that is not itself a finding.
 pub async fn run(
     conn: &Connection,
     objects: &[DynamicObject],
     opts: &RenderOptions,
 ) -> Result<PreflightReport, Error> {
     let mut report = check_local(opts);
+    let ctx = Context {
+        conn,
+        objects,
+        opts,
+    };
+    for checker in &CHECKS {
+        if !(checker.applies)(&ctx) {
+            continue;
+        }
+        let found = run_retried(
+            || async {
+                let mut part = PreflightReport::default();
+                (checker.run)(&ctx, &mut part).await;
+                part
+            },
+            checker.retry,
+        )
+        .await;
+        let stop = checker.fatal && !found.is_ok();
+        report.passed.extend(found.passed);
+        report
+            .findings
+            .extend(found.findings.into_iter().map(|mut f| {
+                f.docs = format!("docs/meshctl.md#{}", checker.anchor);
+                f
+            }));
+        if stop {
+            break;
+        }
+    }
+    report.sort();
+    Ok(report)
+}
+
+async fn check_api_server(conn: &Connection, report: &mut PreflightReport) {
     match conn.server_version().await {
         Ok(version) => report.passed.push(format!(
             "API server {} answers ({version})",
             conn.origin.server
         )),
-        Err(e) => {
-            report.error(
-                Check::ApiServer,
-                "api-server",
-                format!("cannot reach the {}", conn.origin),
-                e.to_string(),
-            );
-            report.sort();
-            return Ok(report);
-        }
+        Err(e) => report.error(
+            Check::ApiServer,
+            "api-server",
+            format!("cannot reach the {}", conn.origin),
+            e.to_string(),
+        ),
     }
-    let client = &conn.client;
-    check_namespace(client, &opts.namespace, &mut report).await;
-    check_crds(client, objects, &mut report).await;
-    if objects
-        .iter()
-        .any(|o| kind_name(o) == "HorizontalPodAutoscaler")
-    {
-        check_metrics_api(client, &mut report).await;
-    }
-    check_scheduling(client, objects, opts, &mut report).await;
-    check_istiod(client, &mut report).await;
-    check_istio_cni(&detect_istio_cni(client).await, opts, &mut report);
-    check_ownership(client, objects, &opts.namespace, &mut report).await;
-    report.sort();
-    Ok(report)
 }
 
 fn kind_name(o: &DynamicObject) -> &str {
@@ -398,6 +605,7 @@ async fn check_crds(
                              get crd {name} -o yaml` (a names conflict with another CRD?)"
                         ),
                     );
+                    report.transient();
                     continue;
                 }
                 let served: Vec<&str> = crd
@@ -484,6 +692,7 @@ async fn check_metrics_api(client: &kube::Client, report: &mut PreflightReport) 
                      -o yaml`"
                         .to_owned(),
                 );
+                report.transient();
             }
         }
         Err(e) => report.error(
@@ -890,6 +1099,92 @@ pub fn is_ours(labels: &BTreeMap<String, String>, namespace: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// GitHub's anchor of a Markdown heading: lower case, punctuation but `-` dropped, spaces
+    /// to `-`.
+    fn anchor_of(heading: &str) -> String {
+        heading
+            .trim_start_matches('#')
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    }
+
+    #[test]
+    fn every_check_names_a_section_of_the_docs() {
+        let docs = include_str!("../../docs/meshctl.md");
+        let anchors: Vec<String> = docs
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .map(anchor_of)
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &CHECKS {
+            assert!(
+                anchors.iter().any(|a| a == c.anchor),
+                "docs/meshctl.md has no heading for #{}",
+                c.anchor
+            );
+            assert!(seen.insert(c.check), "{:?} is in the table twice", c.check);
+            assert!(!c.description.is_empty());
+        }
+        // Only the API server check stops the others, and it comes first.
+        assert!(CHECKS[0].fatal && CHECKS.iter().skip(1).all(|c| !c.fatal));
+    }
+
+    fn transient_finding() -> PreflightReport {
+        let mut r = PreflightReport::default();
+        r.error(Check::Crd, "x", "not yet".into(), "wait".into());
+        r.transient();
+        r
+    }
+
+    #[tokio::test]
+    async fn a_retried_check_runs_again_while_what_it_finds_is_transient() {
+        let calls = std::cell::Cell::new(0);
+        let found = run_retried(
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n < 3 {
+                        transient_finding()
+                    } else {
+                        PreflightReport::default()
+                    }
+                }
+            },
+            Some(Duration::from_secs(30)),
+        )
+        .await;
+        assert!(found.is_ok());
+        assert_eq!(calls.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_finding_that_cannot_change_by_itself_is_not_retried() {
+        let calls = std::cell::Cell::new(0);
+        let found = run_retried(
+            || {
+                calls.set(calls.get() + 1);
+                async {
+                    let mut r = PreflightReport::default();
+                    r.error(Check::Crd, "x", "missing".into(), "install it".into());
+                    r
+                }
+            },
+            Some(Duration::from_secs(30)),
+        )
+        .await;
+        assert!(!found.is_ok());
+        assert_eq!(calls.get(), 1);
+        // Without a retry window a transient finding is reported at once too.
+        let once = run_retried(|| async { transient_finding() }, None).await;
+        assert!(!once.is_ok());
+    }
+
     use super::*;
 
     #[test]
