@@ -7,10 +7,9 @@ use meshguard_mesh::{metrics, CallRule, LogLevel, Mesh, Mode, NodeFacts};
 
 /// Namespace of the scenarios' mesh.
 pub const NAMESPACE: &str = "shop";
-/// The deny-reason header of the authorization filter.
-pub const DENY_REASON_HEADER: &str = "x-meshguard-deny-reason";
-/// `response.code_details` of the authorization filter's local replies.
-pub const RESPONSE_DETAILS: &str = "meshguard_authz_denied";
+/// The deny-reason header of the authorization filter, and the `response.code_details` of its
+/// local replies: the filter's own constants.
+pub use meshguard_filter_logic::authz::{DENY_REASON_HEADER, RESPONSE_DETAILS};
 
 /// Which compiled filter a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

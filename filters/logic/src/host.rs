@@ -1,0 +1,143 @@
+//! The host: what only the proxy can do, as the filters need it.
+
+/// Envoy's property holding whether the downstream connection is mutual TLS (1 byte, bool).
+/// Property paths are their segments joined by NUL, as the ABI passes them.
+pub const PROP_MTLS: &[u8] = b"connection\0mtls";
+/// Envoy's property holding the first URI SAN of the peer certificate (string).
+pub const PROP_PEER_URI_SAN: &[u8] = b"connection\0uri_san_peer_certificate";
+/// Envoy's property holding the first URI SAN of the local (this sidecar's) certificate.
+pub const PROP_LOCAL_URI_SAN: &[u8] = b"connection\0uri_san_local_certificate";
+/// Envoy's property holding the request's total duration so far (a duration, which the Wasm host
+/// serializes as int64 nanoseconds, little endian); present in `on_log`.
+pub const PROP_REQUEST_DURATION: &[u8] = b"request\0duration";
+/// Envoy's property holding the response code (int64, little endian).
+pub const PROP_RESPONSE_CODE: &[u8] = b"response\0code";
+
+/// What a stream callback tells the host (`proxy_action_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Action {
+    Continue = 0,
+    /// Stop here: the filter answered the request (or reset it).
+    Pause = 1,
+}
+
+/// A metric's kind (`proxy_metric_type_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum MetricKind {
+    Counter = 0,
+    Histogram = 2,
+}
+
+/// The proxy, as the filters use it. Every call hands back what the host said: `None` for a
+/// value it does not have, `Err(status)` for a call it refused; the filters decide what that
+/// means (fail closed), so no host answer makes them trap.
+pub trait Host {
+    /// A property's raw bytes (`path`: segments joined by NUL).
+    fn property(&mut self, path: &[u8]) -> Option<Vec<u8>>;
+    /// The request headers, all at once, in the ABI's pairs serialization (see [`Pairs`]).
+    fn request_headers(&mut self) -> Option<Vec<u8>>;
+    /// One request header's value (`name` in lower case).
+    fn request_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// One response header's value.
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// One response trailer's value.
+    fn response_trailer(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Answers the request locally; `headers` in the pairs serialization, `grpc_status` -1 for
+    /// none.
+    fn send_local_response(
+        &mut self,
+        status: u32,
+        details: &[u8],
+        body: &[u8],
+        headers: &[u8],
+        grpc_status: i32,
+    ) -> Result<(), u32>;
+    /// Resets the request's stream.
+    fn reset_stream(&mut self) -> Result<(), u32>;
+    /// Defines a metric; its id.
+    fn define_metric(&mut self, kind: MetricKind, name: &[u8]) -> Result<u32, u32>;
+    fn increment_metric(&mut self, id: u32, delta: i64) -> Result<(), u32>;
+    fn record_metric(&mut self, id: u32, value: u64) -> Result<(), u32>;
+}
+
+/// A boolean property as Envoy serializes it (one byte). Anything else is `None`.
+pub fn bool_property(host: &mut impl Host, path: &[u8]) -> Option<bool> {
+    match host.property(path)?.as_slice() {
+        [0] => Some(false),
+        [1] => Some(true),
+        _ => None,
+    }
+}
+
+/// An int64 property as Envoy serializes it (eight bytes, little endian).
+pub fn int_property(host: &mut impl Host, path: &[u8]) -> Option<i64> {
+    let bytes: [u8; 8] = host.property(path)?.try_into().ok()?;
+    Some(i64::from_le_bytes(bytes))
+}
+
+/// The ABI's map serialization (as the SDK's `utils::serialize_map`): u32 LE count, then each
+/// name and value size as u32 LE, then each name and value followed by a NUL.
+pub fn serialize_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let size = 4 + pairs
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len() + 2)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend_from_slice(&len(pairs.len()));
+    for (k, v) in pairs {
+        out.extend_from_slice(&len(k.len()));
+        out.extend_from_slice(&len(v.len()));
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+/// A map in the ABI's pairs serialization, read in place. Entries a malformed buffer does not
+/// hold are simply not there: no lookup reads out of bounds or fails loudly.
+#[derive(Debug, Clone, Copy)]
+pub struct Pairs<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Pairs<'a> {
+    pub fn new(bytes: &'a [u8]) -> Pairs<'a> {
+        Pairs { bytes }
+    }
+
+    /// The first value of `name` (compared exactly: hosts hand header names in lower case).
+    pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Every (name, value), in the host's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let bytes = self.bytes;
+        let word = move |at: usize| -> Option<usize> {
+            let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+            usize::try_from(u32::from_le_bytes(b)).ok()
+        };
+        let count = word(0).unwrap_or(0);
+        // Sizes follow the count; the data follows the sizes.
+        let mut data = count
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(4))
+            .unwrap_or(usize::MAX);
+        (0..count).map_while(move |i| {
+            let k = word(4 + i * 8)?;
+            let v = word(8 + i * 8)?;
+            let key = bytes.get(data..data.checked_add(k)?)?;
+            let value_at = data.checked_add(k)?.checked_add(1)?;
+            let value = bytes.get(value_at..value_at.checked_add(v)?)?;
+            data = value_at.checked_add(v)?.checked_add(1)?;
+            Some((key, value))
+        })
+    }
+}
