@@ -13,6 +13,7 @@ pub mod entry;
 #[global_allocator]
 static ALLOCATOR: alloc::SmallBlocks = alloc::SmallBlocks::new();
 
+use meshguard_filter_logic::host::LocalReply;
 use meshguard_filter_logic::{Host, MetricKind};
 
 /// Envoy's property naming the plugin being configured (the filter config's `name`).
@@ -81,15 +82,8 @@ impl Host for AbiHost {
             .ok()
             .flatten()
     }
-    fn send_local_response(
-        &mut self,
-        status: u32,
-        details: &[u8],
-        body: &[u8],
-        headers: &[u8],
-        grpc_status: i32,
-    ) -> Result<(), u32> {
-        abi::send_local_response(status, details, body, headers, grpc_status)
+    fn send_local_response(&mut self, r: LocalReply<'_>) -> Result<(), u32> {
+        abi::send_local_response(r.status, r.details, r.body, r.headers, r.grpc_status)
     }
     fn reset_stream(&mut self) -> Result<(), u32> {
         abi::close_stream(abi::STREAM_HTTP_REQUEST)

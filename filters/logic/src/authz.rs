@@ -20,7 +20,7 @@ use meshguard_mesh::{
 
 use crate::handles::Metrics;
 use crate::host::{
-    bool_property, serialize_pairs, Action, Host, Pairs, PROP_LOCAL_URI_SAN, PROP_MTLS,
+    bool_property, serialize_pairs, Action, Host, LocalReply, Pairs, PROP_LOCAL_URI_SAN, PROP_MTLS,
     PROP_PEER_URI_SAN,
 };
 
@@ -262,13 +262,13 @@ fn deny(host: &mut impl Host, reply: &Reply, content_type: Option<&[u8]>) -> Act
         // gRPC clients read the status from `grpc-status`, not from the HTTP status: Envoy
         // turns a local reply with a gRPC status into HTTP 200 with `grpc-status` and the
         // body as `grpc-message` for a request with a gRPC content type.
-        GrpcKind::Grpc => host.send_local_response(
-            403,
-            RESPONSE_DETAILS.as_bytes(),
-            reply.reason.as_bytes(),
-            &reply.grpc_headers,
-            GRPC_PERMISSION_DENIED,
-        ),
+        GrpcKind::Grpc => host.send_local_response(LocalReply {
+            status: 403,
+            details: RESPONSE_DETAILS.as_bytes(),
+            body: reply.reason.as_bytes(),
+            headers: &reply.grpc_headers,
+            grpc_status: GRPC_PERMISSION_DENIED,
+        }),
         // Envoy does not treat gRPC-web as gRPC here (its gRPC-web filter runs later in the
         // chain), so the filter answers as a gRPC-web server does: HTTP 200, the status in
         // a trailer frame (flag 0x80, base64 for `-text`), and in the headers too for the
@@ -276,15 +276,21 @@ fn deny(host: &mut impl Host, reply: &Reply, content_type: Option<&[u8]>) -> Act
         // local reply without a body, so the frame also keeps the content type.
         kind @ (GrpcKind::GrpcWeb | GrpcKind::GrpcWebText) => {
             let (headers, body) = &reply.web[usize::from(kind == GrpcKind::GrpcWebText)];
-            host.send_local_response(200, RESPONSE_DETAILS.as_bytes(), body, headers, -1)
+            host.send_local_response(LocalReply {
+                status: 200,
+                details: RESPONSE_DETAILS.as_bytes(),
+                body,
+                headers,
+                grpc_status: -1,
+            })
         }
-        GrpcKind::None => host.send_local_response(
-            403,
-            RESPONSE_DETAILS.as_bytes(),
-            &reply.json_body,
-            &reply.http_headers,
-            -1,
-        ),
+        GrpcKind::None => host.send_local_response(LocalReply {
+            status: 403,
+            details: RESPONSE_DETAILS.as_bytes(),
+            body: &reply.json_body,
+            headers: &reply.http_headers,
+            grpc_status: -1,
+        }),
     };
     if let Err(status) = sent {
         // The host refused the local reply: do not let the request through regardless.

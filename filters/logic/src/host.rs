@@ -22,6 +22,19 @@ pub enum Action {
     Pause = 1,
 }
 
+/// A local reply, as `proxy_send_local_response` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalReply<'a> {
+    pub status: u32,
+    /// `response.code_details`.
+    pub details: &'a [u8],
+    pub body: &'a [u8],
+    /// In the pairs serialization ([`serialize_pairs`]).
+    pub headers: &'a [u8],
+    /// The gRPC status, -1 for none.
+    pub grpc_status: i32,
+}
+
 /// A metric's kind (`proxy_metric_type_t`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -44,16 +57,8 @@ pub trait Host {
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
     /// One response trailer's value.
     fn response_trailer(&mut self, name: &str) -> Option<Vec<u8>>;
-    /// Answers the request locally; `headers` in the pairs serialization, `grpc_status` -1 for
-    /// none.
-    fn send_local_response(
-        &mut self,
-        status: u32,
-        details: &[u8],
-        body: &[u8],
-        headers: &[u8],
-        grpc_status: i32,
-    ) -> Result<(), u32>;
+    /// Answers the request locally.
+    fn send_local_response(&mut self, reply: LocalReply<'_>) -> Result<(), u32>;
     /// Resets the request's stream.
     fn reset_stream(&mut self) -> Result<(), u32>;
     /// Defines a metric; its id.

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use meshguard_filter_logic::authz::{DENY_REASON_HEADER, RESPONSE_DETAILS};
 use meshguard_filter_logic::host::{
-    serialize_pairs, PROP_LOCAL_URI_SAN, PROP_MTLS, PROP_PEER_URI_SAN, PROP_REQUEST_DURATION,
-    PROP_RESPONSE_CODE,
+    serialize_pairs, LocalReply, PROP_LOCAL_URI_SAN, PROP_MTLS, PROP_PEER_URI_SAN,
+    PROP_REQUEST_DURATION, PROP_RESPONSE_CODE,
 };
 use meshguard_filter_logic::request_metrics::{class_index, series_keys, CLASSES};
 use meshguard_filter_logic::{Action, AuthzFilter, Host, MetricKind, Pairs, RequestMetrics};
@@ -93,26 +93,19 @@ impl Host for TestHost {
     fn response_trailer(&mut self, name: &str) -> Option<Vec<u8>> {
         find(&self.trailers, name)
     }
-    fn send_local_response(
-        &mut self,
-        status: u32,
-        details: &[u8],
-        body: &[u8],
-        headers: &[u8],
-        grpc_status: i32,
-    ) -> Result<(), u32> {
+    fn send_local_response(&mut self, r: LocalReply<'_>) -> Result<(), u32> {
         if self.refuse_reply {
             return Err(2);
         }
         self.sent.push(Sent {
-            status,
-            details: details.to_vec(),
-            body: body.to_vec(),
-            headers: Pairs::new(headers)
+            status: r.status,
+            details: r.details.to_vec(),
+            body: r.body.to_vec(),
+            headers: Pairs::new(r.headers)
                 .iter()
                 .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect(),
-            grpc_status,
+            grpc_status: r.grpc_status,
         });
         Ok(())
     }
@@ -186,6 +179,16 @@ fn configured(mode: Mode) -> AuthzFilter {
     f
 }
 
+/// payment-service's denials of user-service, as the counter says.
+fn unknown_peer_denials(h: &TestHost, mode: &str) -> i64 {
+    h.counter(&meshguard_mesh::metrics::denials_total(
+        "user-service",
+        "payment-service",
+        "unknown_peer",
+        mode,
+    ))
+}
+
 #[test]
 fn an_admitted_caller_goes_on_and_is_counted() {
     let mut f = configured(Mode::Enforce);
@@ -212,13 +215,7 @@ fn a_denial_is_a_json_403_with_its_reason() {
     let body: serde_json::Value = serde_json::from_slice(&sent.body).unwrap();
     assert_eq!(body["reason"], "unknown_peer");
     assert_eq!(body["workload"], "payment-service");
-    let denied = meshguard_mesh::metrics::denials_total(
-        "user-service",
-        "payment-service",
-        "unknown_peer",
-        "enforce",
-    );
-    assert_eq!(h.counter(&denied), 1);
+    assert_eq!(unknown_peer_denials(&h, "enforce"), 1);
 }
 
 #[test]
@@ -293,13 +290,7 @@ fn dry_run_counts_the_denial_and_lets_it_through() {
     let mut h = request("user-service", "POST", None);
     assert_eq!(f.on_request_headers(&mut h), Action::Continue);
     assert!(h.sent.is_empty());
-    let denied = meshguard_mesh::metrics::denials_total(
-        "user-service",
-        "payment-service",
-        "unknown_peer",
-        "dry_run",
-    );
-    assert_eq!(h.counter(&denied), 1);
+    assert_eq!(unknown_peer_denials(&h, "dry_run"), 1);
 }
 
 #[test]
