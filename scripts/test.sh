@@ -35,7 +35,8 @@ rustfmt --edition 2021 --check tests/second-host/src/lib.rs tests/second-host/te
 step "Lints (clippy -D warnings), native and wasm32-wasip1"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 -p meshguard-authz -p meshguard-metrics \
-  -p meshguard-passthrough -p meshguard-filter-common -p meshguard-filter-logic -- -D warnings
+  -p meshguard-passthrough -p meshguard-filter-common -p meshguard-filter-logic -p meshguard-abi-pairs \
+  -- -D warnings
 shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run tests/kube/build-cluster-bins.sh tests/istio/build.sh \
   tests/envoy/install.sh
 

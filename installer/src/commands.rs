@@ -23,6 +23,9 @@ pub enum Finished {
     /// The command worked but reports a problem (status: objects missing or drifted;
     /// preflight: errors found): exit status 1.
     Problems,
+    /// Preflight found only problems of the mesh file's fields (a GPU service and no GPU pool):
+    /// exit status 2, as for any bad input.
+    InputProblems,
 }
 
 /// The mesh these flags describe: the `--file` document (or the built-in one) with the flags
@@ -206,6 +209,8 @@ pub async fn run(
             out.flush()?;
             Ok(if report.is_ok() {
                 Finished::Success
+            } else if report.only_mesh_file_errors() {
+                Finished::InputProblems
             } else {
                 Finished::Problems
             })

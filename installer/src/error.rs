@@ -56,7 +56,12 @@ pub enum Error {
          (--skip-preflight skips the cluster checks, not the module URL check)",
         if *.count == 1 { "" } else { "s" }
     )]
-    Preflight { count: usize, problems: String },
+    Preflight {
+        count: usize,
+        problems: String,
+        /// Every problem is a field of the mesh file asking for what the cluster lacks.
+        in_mesh_file: bool,
+    },
 
     /// The API server does not serve a kind meshguard renders.
     #[error(
@@ -101,6 +106,7 @@ impl Error {
         match self {
             Self::MeshFile(_) | Self::Override(_) => 2,
             Self::Render(RenderError::Option { .. } | RenderError::Spec(_)) => 2,
+            Self::Preflight { in_mesh_file, .. } if *in_mesh_file => 2,
             _ => 1,
         }
     }

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(Finished::Success) => ExitCode::SUCCESS,
         Ok(Finished::Problems) => ExitCode::FAILURE,
+        Ok(Finished::InputProblems) => ExitCode::from(2),
         Err(e) => {
             // Every meshctl error carries its causes and fix in its own message.
             match e.downcast_ref::<meshctl::Error>() {

@@ -85,6 +85,10 @@ pub struct Finding {
     /// [`Checker::retry`] runs it again.
     #[serde(skip)]
     pub transient: bool,
+    /// The finding points at a field of the mesh file ([`PreflightReport::locate`]): the input
+    /// asks for what the cluster cannot give, and the file is where it is fixed.
+    #[serde(skip)]
+    pub in_mesh_file: bool,
 }
 
 impl fmt::Display for Finding {
@@ -310,7 +314,15 @@ impl PreflightReport {
         Error::Preflight {
             count: self.errors().count(),
             problems: self.render_problems(),
+            in_mesh_file: self.only_mesh_file_errors(),
         }
+    }
+
+    /// Every error points at a field of the mesh file: bad input (exit status 2), not a cluster
+    /// to fix.
+    pub fn only_mesh_file_errors(&self) -> bool {
+        let mut errors = self.errors().peekable();
+        errors.peek().is_some() && errors.all(|f| f.in_mesh_file)
     }
 
     /// Points each finding about a service's pods at where the mesh file places them
@@ -330,6 +342,7 @@ impl PreflightReport {
                 file.path.display(),
                 f.problem
             );
+            f.in_mesh_file = true;
         }
     }
 
@@ -349,6 +362,7 @@ impl PreflightReport {
             fix,
             docs: String::new(),
             transient: false,
+            in_mesh_file: false,
         });
     }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use clap::Parser;
-use common::{meshctl_on, TestResult, AUTHZ_MODULE, METRICS_MODULE};
+use common::{TestResult, AUTHZ_MODULE, METRICS_MODULE};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, Patch, PatchParams};
 use meshctl::cli::{Cli, Command};
@@ -107,17 +107,7 @@ async fn a_missing_keda_crd_is_named_and_nothing_is_applied() -> TestResult {
         .is_none());
 
     // `meshctl preflight` prints the report on stdout and exits 1.
-    let run = meshctl_on(
-        &cluster,
-        "preflight",
-        &[
-            "--authz-module",
-            AUTHZ_MODULE,
-            "--metrics-module",
-            METRICS_MODULE,
-        ],
-    )
-    .await;
+    let run = common::preflight(&cluster, &[]).await;
     assert_eq!(run.code, Some(1), "{}", run.dump());
     assert!(
         run.stdout.contains("scaledobjects.keda.sh"),
@@ -273,26 +263,24 @@ async fn gpu_scheduling_follows_the_profile() -> TestResult {
         env!("CARGO_MANIFEST_DIR")
     );
     let mesh = meshguard_manifests::MeshFile::read(std::path::Path::new(&file))?;
-    let run = meshctl_on(
-        &cluster,
-        "preflight",
-        &[
-            "-f",
-            &file,
-            "--authz-module",
-            AUTHZ_MODULE,
-            "--metrics-module",
-            METRICS_MODULE,
-        ],
-    )
-    .await;
-    assert_eq!(run.code, Some(1), "{}", run.dump());
+    let run = common::preflight(&cluster, &["-f", &file]).await;
+    // Only the file's fields ask for what the cluster lacks: bad input, exit status 2.
+    assert_eq!(run.code, Some(2), "{}", run.dump());
     for (i, service) in [(2, "payment-service"), (3, "inventory-service")] {
         let field = format!("services[{i}].placement");
         let (line, column) = mesh.position(&field);
         let want = format!("error: {file}:{line}:{column}: {field}: no node can run {service}");
         assert!(run.stdout.contains(&want), "lacks {want:?}: {}", run.dump());
     }
+    // `install` refuses the same file the same way, before applying anything.
+    let run = common::install(&cluster, &["-f", &file]).await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(
+        run.stderr.contains("no node can run inventory-service"),
+        "{}",
+        run.dump()
+    );
+    assert!(!run.stderr.contains("applied"), "{}", run.dump());
 
     // Without GPUs, payment-service runs on the CPU node like the others.
     let no_gpu = preflight_for(&cluster, &["--no-gpu"]).await?;

@@ -290,17 +290,7 @@ async fn without_a_gpu_pool_payment_service_stays_pending_and_status_says_why() 
     .await?;
     let client = cluster.client().await?;
     // Preflight refuses a cluster where payment-service cannot run; install anyway.
-    let preflight = meshctl_on(
-        cluster.api()?,
-        "preflight",
-        &[
-            "--authz-module",
-            AUTHZ_MODULE,
-            "--metrics-module",
-            METRICS_MODULE,
-        ],
-    )
-    .await;
+    let preflight = common::preflight(cluster.api()?, &[]).await;
     assert_eq!(preflight.code, Some(1), "{}", preflight.dump());
     install_on(&cluster, &["--skip-preflight"]).await?;
 

@@ -350,19 +350,8 @@ impl TaintEffect {
     }
 }
 
-/// "`from` may call `to`", optionally only with these methods and under these path prefixes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CallSpec {
-    pub from: String,
-    pub to: String,
-    /// Upper-case HTTP methods; empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// Normalized absolute paths; empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub path_prefixes: Vec<String>,
-}
+/// "`from` may call `to`": the model's own rule, read from the file as it is.
+pub type CallSpec = CallRule;
 
 /// A plain decimal (`0.5`, `12`), written as a YAML number or string; kept as its text, which is
 /// what KEDA reads.
@@ -526,16 +515,7 @@ impl MeshSpec {
                     port: s.port,
                 })
                 .collect(),
-            calls: self
-                .calls
-                .iter()
-                .map(|c| CallRule {
-                    from: c.from.clone(),
-                    to: c.to.clone(),
-                    methods: c.methods.clone(),
-                    path_prefixes: c.path_prefixes.clone(),
-                })
-                .collect(),
+            calls: self.calls.clone(),
         };
         // Everything the model checks was checked above with the field's path; this is a last
         // guard that the two never disagree.

@@ -54,13 +54,18 @@ pub struct Service {
 }
 
 /// "`from` may call `to`", optionally only with these methods and under these path prefixes.
+// A mesh file's `calls` entries are these, so the schema published for editors (feature
+// `schema`) is this type's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CallRule {
     pub from: String,
     pub to: String,
+    /// Upper-case HTTP methods; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// Normalized absolute paths; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_prefixes: Vec<String>,
 }

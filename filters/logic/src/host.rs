@@ -1,5 +1,7 @@
 //! The host: what only the proxy can do, as the filters need it.
 
+pub use meshguard_abi_pairs::{serialize as serialize_pairs, Pairs};
+
 /// Envoy's property holding whether the downstream connection is mutual TLS (1 byte, bool).
 /// Property paths are their segments joined by NUL, as the ABI passes them.
 pub const PROP_MTLS: &[u8] = b"connection\0mtls";
@@ -80,69 +82,4 @@ pub fn bool_property(host: &mut impl Host, path: &[u8]) -> Option<bool> {
 pub fn int_property(host: &mut impl Host, path: &[u8]) -> Option<i64> {
     let bytes: [u8; 8] = host.property(path)?.try_into().ok()?;
     Some(i64::from_le_bytes(bytes))
-}
-
-/// The ABI's map serialization (as the SDK's `utils::serialize_map`): u32 LE count, then each
-/// name and value size as u32 LE, then each name and value followed by a NUL.
-pub fn serialize_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let size = 4 + pairs
-        .iter()
-        .map(|(k, v)| 8 + k.len() + v.len() + 2)
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    out.extend_from_slice(&len(pairs.len()));
-    for (k, v) in pairs {
-        out.extend_from_slice(&len(k.len()));
-        out.extend_from_slice(&len(v.len()));
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k);
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    out
-}
-
-/// A map in the ABI's pairs serialization, read in place. Entries a malformed buffer does not
-/// hold are simply not there: no lookup reads out of bounds or fails loudly.
-#[derive(Debug, Clone, Copy)]
-pub struct Pairs<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Pairs<'a> {
-    pub fn new(bytes: &'a [u8]) -> Pairs<'a> {
-        Pairs { bytes }
-    }
-
-    /// The first value of `name` (compared exactly: hosts hand header names in lower case).
-    pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
-        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
-    }
-
-    /// Every (name, value), in the host's order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        let bytes = self.bytes;
-        let word = move |at: usize| -> Option<usize> {
-            let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
-            usize::try_from(u32::from_le_bytes(b)).ok()
-        };
-        let count = word(0).unwrap_or(0);
-        // Sizes follow the count; the data follows the sizes.
-        let mut data = count
-            .checked_mul(8)
-            .and_then(|n| n.checked_add(4))
-            .unwrap_or(usize::MAX);
-        (0..count).map_while(move |i| {
-            let k = word(4 + i * 8)?;
-            let v = word(8 + i * 8)?;
-            let key = bytes.get(data..data.checked_add(k)?)?;
-            let value_at = data.checked_add(k)?.checked_add(1)?;
-            let value = bytes.get(value_at..value_at.checked_add(v)?)?;
-            data = value_at.checked_add(v)?.checked_add(1)?;
-            Some((key, value))
-        })
-    }
 }

@@ -72,6 +72,15 @@ pub async fn meshctl_on(cluster: &TestCluster, command: &str, args: &[&str]) -> 
 
 /// `install` with usable module URLs.
 pub async fn install(cluster: &TestCluster, args: &[&str]) -> Run {
+    with_modules(cluster, "install", args).await
+}
+
+/// `meshctl preflight` on `cluster` with the test module URLs and `args`.
+pub async fn preflight(cluster: &TestCluster, args: &[&str]) -> Run {
+    with_modules(cluster, "preflight", args).await
+}
+
+async fn with_modules(cluster: &TestCluster, command: &str, args: &[&str]) -> Run {
     let mut all = vec![
         "--authz-module",
         AUTHZ_MODULE,
@@ -79,7 +88,7 @@ pub async fn install(cluster: &TestCluster, args: &[&str]) -> Run {
         METRICS_MODULE,
     ];
     all.extend_from_slice(args);
-    meshctl_on(cluster, "install", &all).await
+    meshctl_on(cluster, command, &all).await
 }
 
 /// A cluster with the Istio and KEDA CRDs, a GPU node and a CPU node, and the metrics API

@@ -56,6 +56,5 @@ pub const DEFAULT_TIME_NANOS: u64 = 1_704_067_200_000_000_000;
 /// Serializes header pairs in the Proxy-Wasm map layout (as Envoy hands maps
 /// to the guest); exposed for tests that craft raw ABI calls.
 pub fn serialize_pairs<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
-    let pairs: Vec<(&[u8], &[u8])> = pairs.into_iter().collect();
-    pairs::serialize(pairs.iter().copied())
+    pairs::serialize(pairs)
 }

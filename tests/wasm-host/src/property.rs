@@ -63,13 +63,13 @@ pub fn map<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8
         .into_iter()
         .map(|(k, v)| (k.as_bytes(), v))
         .collect();
-    pairs::serialize(entries.iter().copied())
+    pairs::serialize(entries)
 }
 
 /// Encodes a CEL list of strings as Envoy does (pairs with empty values).
 pub fn list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let entries: Vec<(&[u8], &[u8])> = items.into_iter().map(|i| (i, &[][..])).collect();
-    pairs::serialize(entries.iter().copied())
+    pairs::serialize(entries)
 }
 
 /// Decodes a value written by [`int64`] (or read back from the guest).
