@@ -1,0 +1,5 @@
+//! payment-service: see the crate's documentation.
+
+fn main() -> std::process::ExitCode {
+    meshguard_reference_services::server::main(meshguard_reference_services::Role::Payment)
+}
