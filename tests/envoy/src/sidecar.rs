@@ -1,5 +1,8 @@
 //! The inbound side of an Istio sidecar as Envoy configuration, built from what meshctl renders
-//! the way Istio turns it into Envoy configuration.
+//! the way Istio turns it into Envoy configuration. Istio's own code is the reference: for every
+//! rendered workload, tests/istio_sidecar.rs checks the Wasm filters below against what istiod's
+//! pilot and the agent generate (`meshguard-istio sidecar-ecds`, [`crate::istio`]), and a
+//! [`Plugin`] can carry Istio's generated `TypedExtensionConfig` to be served as it is.
 //!
 //! - **WasmPlugin → Wasm filter** (istio.io/istio `pilot/pkg/config/kube/extensions/translate.go`
 //!   and `pilot/pkg/model/extensions.go` `buildWasmConfig`): a WasmPlugin `<name>` in `<ns>`
@@ -103,6 +106,10 @@ pub struct Plugin {
     pub failure_policy: FailurePolicy,
     pub phase: Phase,
     pub priority: i64,
+    /// The `TypedExtensionConfig` Istio's own code generated for this plugin (see
+    /// [`crate::istio::generated_filters`]); ECDS serves it instead of
+    /// [`Plugin::extension_config`]'s translation when it is set.
+    pub generated: Option<Value>,
 }
 
 impl Plugin {
@@ -146,6 +153,7 @@ impl Plugin {
             failure_policy: FailurePolicy::from_fail_strategy(spec["failStrategy"].as_str())?,
             phase,
             priority: spec["priority"].as_i64().unwrap_or(0),
+            generated: None,
         })
     }
 
@@ -172,7 +180,16 @@ impl Plugin {
         config
     }
 
-    /// The `TypedExtensionConfig` ECDS delivers.
+    /// The `TypedExtensionConfig` ECDS delivers: Istio's own when the plugin has it, else this
+    /// module's translation.
+    pub fn served_extension_config(&self) -> Value {
+        self.generated
+            .clone()
+            .unwrap_or_else(|| self.extension_config())
+    }
+
+    /// The `TypedExtensionConfig` as this module translates the WasmPlugin (what
+    /// tests/envoy/tests/istio_sidecar.rs checks against Istio's own).
     pub fn extension_config(&self) -> Value {
         json!({
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
@@ -272,7 +289,7 @@ impl Sidecar {
     ) -> Result<(), Error> {
         let response = json!({
             "version_info": version.to_string(),
-            "resources": [plugin.extension_config()],
+            "resources": [plugin.served_extension_config()],
         });
         let staging = self.dir.join("ecds-staging");
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
@@ -441,6 +458,21 @@ pub fn rendered_plugin(object: &Value) -> Result<Plugin, Error> {
         .as_str()
         .ok_or_else(|| Error::Rendered(format!("WasmPlugin without pluginName: {object}")))?;
     Plugin::from_wasm_plugin(object, crate::module(&name.replace('-', "_"))?)
+}
+
+/// Each rendered WasmPlugin's module URL with the module from the build it stands for (see
+/// [`rendered_plugin`]).
+pub fn rendered_modules(objects: &[Value]) -> Result<Vec<(String, PathBuf)>, Error> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "WasmPlugin")
+        .map(|o| {
+            let url = o["spec"]["url"]
+                .as_str()
+                .ok_or_else(|| Error::Rendered(format!("WasmPlugin without url: {o}")))?;
+            Ok((url.to_owned(), rendered_plugin(o)?.module))
+        })
+        .collect()
 }
 
 /// The rendered WasmPlugin `name` (e.g. `order-service-authz`).

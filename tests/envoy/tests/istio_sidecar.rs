@@ -13,6 +13,12 @@
 //!   field by field (`xds.node.metadata.<KEY>`): in its own workload's sidecar it confirms the
 //!   workload at configuration; another workload's policy in that sidecar denies every request
 //!   with `wrong_workload`.
+//! - **The filters as Istio generates them.** istiod's own code (pilot's inbound listener and
+//!   ECDS, fed through its WasmPlugin → TrafficExtension translation controller) and the agent's
+//!   module rewrite generate each sidecar's Wasm filters in the order and with the configuration
+//!   the sidecar builder (`src/sidecar.rs`) writes, for every rendered workload of the reference
+//!   mesh and of the four-service example. The sidecars of these tests run those generated
+//!   `TypedExtensionConfig`s, not the builder's.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test assertions
 
@@ -21,7 +27,9 @@ use std::time::Duration;
 
 use meshguard_envoy_tests::client::{Call, Caller, Protocol};
 use meshguard_envoy_tests::envoy::StartOptions;
-use meshguard_envoy_tests::istio::{generated_sidecars, GeneratedSidecar};
+use meshguard_envoy_tests::istio::{
+    generated_filters, generated_sidecars, GeneratedFilters, GeneratedSidecar,
+};
 use meshguard_envoy_tests::pki::Ca;
 use meshguard_envoy_tests::sidecar::{self, Plugin, Sidecar, TlsChain};
 use meshguard_envoy_tests::stats::{self, Sample};
@@ -42,26 +50,33 @@ fn server_name(service: &str) -> String {
 struct Mesh {
     objects: Vec<Value>,
     sidecars: Vec<GeneratedSidecar>,
+    filters: Vec<GeneratedFilters>,
     dir: std::path::PathBuf,
 }
 
-fn mesh(name: &str) -> Mesh {
-    let dir = std::env::temp_dir().join(format!("meshguard-envoy-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let rendered = meshguard_manifests::render(
-        &meshguard_manifests::MeshSpec::reference(),
-        &meshguard_manifests::RenderOptions::new(NS),
-    )
-    .unwrap();
+/// `spec` rendered in [`NS`]: the YAML and the objects as JSON values.
+fn rendered(spec: &meshguard_manifests::MeshSpec) -> (String, Vec<Value>) {
+    let rendered =
+        meshguard_manifests::render(spec, &meshguard_manifests::RenderOptions::new(NS)).unwrap();
     let yaml = meshguard_manifests::to_yaml(&rendered).unwrap();
     let objects = rendered
         .iter()
         .map(|o| serde_json::to_value(o).unwrap())
         .collect();
+    (yaml, objects)
+}
+
+fn mesh(name: &str) -> Mesh {
+    let dir = std::env::temp_dir().join(format!("meshguard-envoy-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (yaml, objects) = rendered(&meshguard_manifests::MeshSpec::reference());
     let sidecars = generated_sidecars(&yaml, &dir).unwrap();
+    let modules = sidecar::rendered_modules(&objects).unwrap();
+    let filters = generated_filters(&yaml, &dir, &modules).unwrap();
     Mesh {
         objects,
         sidecars,
+        filters,
         dir,
     }
 }
@@ -74,11 +89,24 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no sidecar for {deployment}"))
     }
 
-    /// The rendered WasmPlugins of `policy_of` (in Istio's order), for modules from the build.
+    /// The rendered WasmPlugins of `policy_of` (in Istio's order), for modules from the build,
+    /// each served as the `TypedExtensionConfig` Istio generates for `policy_of`'s sidecar.
     fn plugins(&self, policy_of: &str) -> Vec<Plugin> {
+        let generated = self
+            .filters
+            .iter()
+            .find(|f| f.deployment == policy_of)
+            .unwrap_or_else(|| panic!("Istio generated no filters for {policy_of}"));
         sidecar::wasm_plugins_for(&self.objects, policy_of)
             .into_iter()
-            .map(|o| sidecar::rendered_plugin(o).unwrap())
+            .map(|o| {
+                let mut p = sidecar::rendered_plugin(o).unwrap();
+                let config = generated.extension_config(&p.resource_name());
+                p.generated = Some(config.cloned().unwrap_or_else(|| {
+                    panic!("Istio generated no {} for {policy_of}", p.resource_name())
+                }));
+                p
+            })
             .collect()
     }
 
@@ -869,4 +897,90 @@ fn expected_series(query: &str) -> Vec<&'static str> {
         out.push(r#""destination":"payment-service","mode":"dry_run","reason":"unknown_peer","source":"user-service""#);
     }
     out
+}
+
+/// A `TypedExtensionConfig` with its plugin configuration (JSON in a `StringValue`) parsed, so
+/// that two serializations of the same JSON compare equal.
+fn with_parsed_configuration(mut config: Value) -> Value {
+    let value = &mut config["typed_config"]["config"]["configuration"]["value"];
+    if let Some(text) = value.as_str() {
+        *value = serde_json::from_str(text).unwrap();
+    }
+    config
+}
+
+/// Istio's own code generates, for every rendered workload of the reference mesh and of the
+/// four-service example, the Wasm filters the sidecar builder writes: the same ECDS resource
+/// names in the same order on each inbound HTTP chain (the router last), each accepting the Wasm
+/// and RBAC types (the agent's stand-in for a module it cannot fetch), and the same
+/// `TypedExtensionConfig` once the agent has rewritten the module URL to the local file.
+#[test]
+fn istios_own_code_generates_the_wasm_filters_the_sidecar_is_built_with() {
+    let four = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/examples/four-services.yaml");
+    let four = meshguard_manifests::MeshFile::read(&four)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .spec;
+    for (name, spec) in [
+        ("reference", meshguard_manifests::MeshSpec::reference()),
+        ("four-services", four),
+    ] {
+        let dir = std::env::temp_dir().join(format!(
+            "meshguard-envoy-{}-ecds-{name}",
+            std::process::id()
+        ));
+        let (yaml, objects) = rendered(&spec);
+        let modules = sidecar::rendered_modules(&objects).unwrap();
+        let generated = generated_filters(&yaml, &dir, &modules).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let deployments = objects.iter().filter(|o| o["kind"] == "Deployment").count();
+        assert_eq!(generated.len(), deployments, "{name}");
+        for g in &generated {
+            let plugins: Vec<Plugin> = sidecar::wasm_plugins_for(&objects, &g.deployment)
+                .into_iter()
+                .map(|o| sidecar::rendered_plugin(o).unwrap())
+                .collect();
+            assert!(
+                !plugins.is_empty(),
+                "{name}: {} has no WasmPlugin",
+                g.deployment
+            );
+            let want: Vec<String> = plugins.iter().map(Plugin::resource_name).collect();
+            assert!(!g.chains.is_empty(), "{name}: {}", g.deployment);
+            for chain in &g.chains {
+                let names: Vec<&str> = chain.http_filters.iter().map(|f| f.name.as_str()).collect();
+                eprintln!(
+                    "{name}: {} inbound chain {} {}: {names:?}",
+                    g.deployment, chain.name, chain.filter_chain_match
+                );
+                let wasm: Vec<&str> = chain
+                    .http_filters
+                    .iter()
+                    .filter(|f| f.name.starts_with(sidecar::RESOURCE_PREFIX))
+                    .map(|f| {
+                        assert_eq!(
+                            f.type_urls,
+                            [sidecar::WASM_TYPE, sidecar::RBAC_TYPE],
+                            "{}",
+                            f.name
+                        );
+                        f.name.as_str()
+                    })
+                    .collect();
+                assert_eq!(wasm, want, "{name}: {} chain {}", g.deployment, chain.name);
+                assert_eq!(names.last(), Some(&"envoy.filters.http.router"));
+            }
+            for p in &plugins {
+                let istio = g
+                    .extension_config(&p.resource_name())
+                    .unwrap_or_else(|| panic!("{name}: no ECDS resource {}", p.resource_name()));
+                assert_eq!(
+                    with_parsed_configuration(istio.clone()),
+                    with_parsed_configuration(p.extension_config()),
+                    "{name}: {}",
+                    p.resource_name()
+                );
+            }
+        }
+    }
 }

@@ -110,6 +110,7 @@ fn empty(name: &str, copy_into: Option<&Path>) -> anyhow::Result<Plugin> {
         failure_policy: FailurePolicy::FailClosed,
         phase: Phase::Stats,
         priority: 0,
+        generated: None,
     })
 }
 

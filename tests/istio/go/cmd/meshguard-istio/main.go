@@ -31,6 +31,14 @@
 //	    JSON (`override`), which tests hand to a real Envoy as --config-yaml, as pilot-agent does,
 //	    so that Envoy itself merges it.
 //
+//	meshguard-istio sidecar-ecds [--module URL=PATH]... FILE
+//	    For every Deployment in FILE: the inbound listener istiod's own code (pilot) builds for its
+//	    sidecar from the Istio configuration and Services in FILE, as the HTTP filters of each
+//	    inbound chain of the Deployment's Service ports, and the ECDS resources (the Wasm filters'
+//	    TypedExtensionConfigs) istiod serves for them, after the agent's rewrite of each module URL
+//	    to the local file --module names (see ecds.go). Prints a JSON array, one entry per
+//	    Deployment.
+//
 //	meshguard-istio validate FILE
 //	    `istioctl validate -f FILE` (istioctl/pkg/validate).
 //
@@ -97,6 +105,8 @@ func main() {
 		err = cmdSidecarStats(os.Args[2:])
 	case "sidecar-bootstrap":
 		err = cmdSidecarBootstrap(os.Args[2:])
+	case "sidecar-ecds":
+		err = cmdSidecarECDS(os.Args[2:])
 	case "validate":
 		err = cmdValidate(os.Args[2:])
 	case "fetch":
@@ -111,7 +121,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | sidecar-bootstrap [--template PATH] FILE | validate FILE | fetch [--insecure] [--pull-secret FILE] URL SHA256 OUT")
+	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | sidecar-bootstrap [--template PATH] FILE | sidecar-ecds [--module URL=PATH]... FILE | validate FILE | fetch [--insecure] [--pull-secret FILE] URL SHA256 OUT")
 	os.Exit(2)
 }
 
@@ -218,6 +228,7 @@ func loadInjection(cni bool) (*injection, error) {
 type objects struct {
 	deployments []*appsv1.Deployment
 	configMaps  map[string]*corev1.ConfigMap
+	services    []*corev1.Service
 }
 
 func readObjects(path string) (*objects, error) {
@@ -249,6 +260,12 @@ func readObjects(path string) (*objects, error) {
 				return nil, fmt.Errorf("Deployment in %s: %w", path, err)
 			}
 			out.deployments = append(out.deployments, d)
+		case "Service":
+			svc := &corev1.Service{}
+			if err := sigyaml.UnmarshalStrict(doc, svc); err != nil {
+				return nil, fmt.Errorf("Service in %s: %w", path, err)
+			}
+			out.services = append(out.services, svc)
 		case "ConfigMap":
 			c := &corev1.ConfigMap{}
 			if err := sigyaml.UnmarshalStrict(doc, c); err != nil {
