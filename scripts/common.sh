@@ -49,9 +49,12 @@ ensure_rust() {
   fi
   # rustup installs the pinned toolchain, its components and the wasm32-wasip1 target on first use.
   (cd "$ROOT" && rustup show active-toolchain >/dev/null 2>&1) || (cd "$ROOT" && rustup toolchain install)
-  (cd "$ROOT" && rustup target list --installed | grep -qx wasm32-wasip1) ||
-    (cd "$ROOT" && rustup target add wasm32-wasip1)
-  info "$(cd "$ROOT" && rustc --version), target wasm32-wasip1"
+  local target
+  for target in wasm32-wasip1 x86_64-unknown-linux-musl; do
+    (cd "$ROOT" && rustup target list --installed | grep -qx "$target") ||
+      (cd "$ROOT" && rustup target add "$target")
+  done
+  info "$(cd "$ROOT" && rustc --version), targets wasm32-wasip1 and x86_64-unknown-linux-musl"
 }
 
 ensure_cargo_fuzz() {
@@ -81,6 +84,20 @@ build_filters() {
     [ -f "$FILTERS_DIR/$f.wasm" ] || die "build produced no $FILTERS_DIR/$f.wasm"
     info "$(printf '%-24s %7d bytes' "$f.wasm" "$(stat -c %s "$FILTERS_DIR/$f.wasm")")"
   done
+}
+
+# The reference services' static binaries (profile `services`, target x86_64-unknown-linux-musl),
+# where `meshctl publish --services` looks for them. Exports MESHGUARD_SERVICES_DIR.
+SERVICES_DIR="$ROOT/target/services/x86_64-unknown-linux-musl/services"
+build_services() {
+  (cd "$ROOT" && cargo build --quiet --locked --profile services --target x86_64-unknown-linux-musl \
+    --target-dir "$ROOT/target/services" -p meshguard-reference-services)
+  local f
+  for f in user-service order-service payment-service; do
+    [ -x "$SERVICES_DIR/$f" ] || die "build produced no $SERVICES_DIR/$f"
+    info "$(printf '%-24s %7d bytes (static)' "$f" "$(stat -c %s "$SERVICES_DIR/$f")")"
+  done
+  export MESHGUARD_SERVICES_DIR="$SERVICES_DIR"
 }
 
 # The authorization filter built with its test-only `test-trap` feature (a request carrying

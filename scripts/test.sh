@@ -45,6 +45,9 @@ build_filters
 export MESHGUARD_FILTERS_DIR="$FILTERS_DIR"
 build_trap_filter
 
+step "The reference services as static binaries (x86_64-unknown-linux-musl, profile 'services'), for their container images"
+build_services
+
 step "Cost budgets: wasm instructions per request against an empty filter (exact counts, no timing), module sizes"
 # authz-allow <= 2.0x, authz-deny <= 3.0x, metrics <= 2.5x (bench::BUDGETS), a decision that costs
 # the same for 3 or 3000 callers, and each .wasm <= 160 KiB (bench::MODULE_BUDGET_KIB).

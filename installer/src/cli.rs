@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use meshguard_manifests::{Overrides, Profile, RenderOptions};
+use meshguard_manifests::{ImageRegistry, Overrides, Profile, RenderOptions};
 use meshguard_mesh::{LogLevel, Mode};
 
 /// The namespace meshctl installs into unless `--namespace` says otherwise.
@@ -134,8 +134,9 @@ pub enum Command {
     /// and report every problem with its fix. Changes nothing.
     #[command(long_about = PREFLIGHT_ABOUT, after_help = PREFLIGHT_EXAMPLES)]
     Preflight(PreflightArgs),
-    /// Package the built filters as OCI images Istio accepts, push them to a registry, and print
-    /// the `install` flags (module URLs and the sha256 Istio checks).
+    /// Package the built filters as OCI images Istio accepts (and with --services the reference
+    /// services as container images), push them to a registry, and print the `install` flags
+    /// (module URLs and the sha256 Istio checks).
     #[command(long_about = PUBLISH_ABOUT, after_help = PUBLISH_EXAMPLES)]
     Publish(PublishArgs),
 }
@@ -151,6 +152,12 @@ The sha256 is the image manifest's digest: for oci:// modules that is what Istio
 the WasmPlugin's sha256 (not the digest of the .wasm file). The images are reproducible: the \
 same .wasm gives the same digest.
 
+With --services it also pushes the reference services, user-service, order-service and \
+payment-service (their static binaries from --services-dir), as REPOSITORY/<service>:TAG: each an \
+OCI image (linux/amd64) whose one layer holds the binary as /<service>, its entrypoint, run as \
+user 65532. The printed flags then include --image-registry REPOSITORY --image-tag TAG, which \
+makes install run these images.
+
 Credentials come from the docker config ($DOCKER_CONFIG/config.json, else \
 ~/.docker/config.json) as docker uses them: credHelpers, auths, credsStore (e.g. after \
 `gcloud auth configure-docker REGION-docker.pkg.dev` or `docker login`). Output goes to stdout; \
@@ -161,7 +168,10 @@ Examples:
   cargo build --profile wasm --target wasm32-wasip1 --target-dir target/filters \\
     -p meshguard-authz -p meshguard-metrics      # or scripts/demo.sh, which builds them too
   meshctl publish --repository europe-west4-docker.pkg.dev/my-project/meshguard --tag 0.1.0
-  meshctl publish --repository localhost:5000/meshguard --plain-http";
+  meshctl publish --repository localhost:5000/meshguard --plain-http
+  cargo build --profile services --target x86_64-unknown-linux-musl --target-dir target/services \\
+    -p meshguard-reference-services              # the services' static binaries
+  meshctl publish --repository europe-west4-docker.pkg.dev/my-project/meshguard --services";
 
 const INSTALL_ABOUT: &str = "\
 Creates or updates every meshguard object in the cluster, in dependency order: the namespace \
@@ -386,6 +396,16 @@ pub struct RenderArgs {
     #[arg(long, value_name = "IMAGE")]
     pub payment_image: Option<String>,
 
+    /// Registry and path of the reference services' images (REGISTRY/PATH, as given to
+    /// `meshctl publish --services`): user-service, order-service and payment-service run
+    /// REGISTRY/PATH/<service>:TAG unless an image flag above sets theirs.
+    #[arg(long, value_name = "REGISTRY/PATH")]
+    pub image_registry: Option<String>,
+
+    /// Tag of the images under --image-registry.
+    #[arg(long, value_name = "TAG", default_value = env!("CARGO_PKG_VERSION"), requires = "image_registry")]
+    pub image_tag: String,
+
     /// Where the sidecars fetch the authorization filter (oci://, https://, http:// or
     /// file:// URL). The default is a placeholder on registry.invalid, which install refuses:
     /// publish the filter first (docs/meshctl.md, "Publishing the filters").
@@ -517,6 +537,10 @@ impl RenderArgs {
         .collect();
         Overrides {
             images,
+            image_registry: self.image_registry.as_ref().map(|r| ImageRegistry {
+                repository: r.clone(),
+                tag: self.image_tag.clone(),
+            }),
             cpu_threshold: self.keda_cpu_threshold.clone(),
             cpu_activation_threshold: self.keda_cpu_activation_threshold.clone(),
             request_rate_threshold: self.request_rate_threshold.clone(),
@@ -671,7 +695,7 @@ pub struct PublishArgs {
     #[arg(long, value_name = "REGISTRY/PATH")]
     pub repository: String,
 
-    /// Tag of both images.
+    /// Tag of every image pushed.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     pub tag: String,
 
@@ -680,6 +704,18 @@ pub struct PublishArgs {
     /// target/filters` leave them.
     #[arg(long, value_name = "DIR", default_value = crate::publish::DEFAULT_FILTERS_DIR)]
     pub filters_dir: PathBuf,
+
+    /// Also push the reference services (user-service, order-service, payment-service), each an
+    /// OCI image of its static binary, as REGISTRY/PATH/<service>:TAG, for `install
+    /// --image-registry`.
+    #[arg(long)]
+    pub services: bool,
+
+    /// Folder holding the services' static binaries: where `scripts/test.sh` and `cargo build
+    /// --profile services --target x86_64-unknown-linux-musl --target-dir target/services -p
+    /// meshguard-reference-services` leave them.
+    #[arg(long, value_name = "DIR", default_value = crate::publish::DEFAULT_SERVICES_DIR)]
+    pub services_dir: PathBuf,
 
     /// Talk to the registry over plain HTTP (a registry on localhost); HTTPS otherwise.
     #[arg(long)]

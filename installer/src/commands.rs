@@ -172,21 +172,23 @@ pub async fn run(
                 repository: args.repository.clone(),
                 tag: args.tag.clone(),
                 filters_dir: args.filters_dir.clone(),
+                services_dir: args.services.then(|| args.services_dir.clone()),
                 plain_http: args.plain_http,
                 docker_config: None,
             })
             .await?;
             for p in &published {
+                let what = if p.flag.is_some() { ".wasm" } else { "binary" };
                 writeln!(
                     out,
-                    "{:<18} {} ({} bytes of .wasm)\n{:<18} sha256 {}",
-                    p.name, p.url, p.wasm_bytes, "", p.sha256
+                    "{:<18} {} ({} bytes of {what})\n{:<18} sha256 {}",
+                    p.name, p.url, p.bytes, "", p.sha256
                 )?;
             }
             writeln!(
                 out,
                 "\nmeshctl install {}",
-                crate::publish::install_flags(&published)
+                crate::publish::install_flags(&published, &args.repository, &args.tag)
             )?;
             out.flush()?;
             Ok(Finished::Success)

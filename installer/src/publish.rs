@@ -1,5 +1,8 @@
 //! `meshctl publish`: each filter's `.wasm` packaged as an OCI image Istio's agent accepts and
-//! pushed to a registry, with credentials from the usual docker config.
+//! pushed to a registry, with credentials from the usual docker config; with `--services`, also
+//! the reference services (user-service, order-service, payment-service), each an OCI image of
+//! its one static binary that any container runtime runs (`install --image-registry` then uses
+//! them).
 //!
 //! Istio's agent fetches `oci://` modules itself (istio `pkg/wasm/imagefetcher.go`) and accepts
 //! three layouts; meshctl builds the "compat" OCI one, the same a `FROM scratch` image with
@@ -13,7 +16,7 @@
 //! oci-client's, and the docker config lookup with its credential helpers is
 //! docker_credential's. What is left here is what no crate does for us: the image itself, built
 //! byte for byte reproducibly (a tar of one file and a gzip of stored blocks), so that the same
-//! `.wasm` always has the same manifest digest.
+//! `.wasm` always has the same manifest digest, and the same service binary the same image.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +47,25 @@ pub const FILTERS: [(&str, &str, &str); 2] = [
     ),
 ];
 
+/// The reference services `publish --services` pushes: (repository name = service, binary file,
+/// port it listens on). Each becomes `REGISTRY/PATH/<service>:TAG`.
+pub const SERVICES: [(&str, &str, u16); 3] = [
+    ("user-service", "user-service", 5000),
+    ("order-service", "order-service", 5000),
+    ("payment-service", "payment-service", 5000),
+];
+
+/// The command that builds the reference services' static binaries where `meshctl publish
+/// --services` looks for them by default (`scripts/test.sh` builds them there too).
+pub const BUILD_SERVICES: &str =
+    "cargo build --profile services --target x86_64-unknown-linux-musl \
+     --target-dir target/services -p meshguard-reference-services";
+/// Where [`BUILD_SERVICES`] leaves the binaries: `meshctl publish`'s default `--services-dir`.
+pub const DEFAULT_SERVICES_DIR: &str = "target/services/x86_64-unknown-linux-musl/services";
+/// The user and group a service image runs as (no root; the Deployments' own
+/// `runAsUser`/`runAsNonRoot` settings win where they set one).
+pub const SERVICE_USER: &str = "65532:65532";
+
 /// The command that builds the filters where `meshctl publish` looks for them by default
 /// (`scripts/demo.sh` and `scripts/test.sh` build them there too).
 pub const BUILD_FILTERS: &str = "cargo build --profile wasm --target wasm32-wasip1 \
@@ -61,6 +83,13 @@ pub enum PublishError {
     },
     #[error("{path} is not a WebAssembly module (no \\0asm header)")]
     NotWasm { path: PathBuf },
+    #[error("cannot read {path}: {source}\n  fix: build the reference services first: {} (or scripts/test.sh; or pass --services-dir)", BUILD_SERVICES)]
+    ReadService {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a Linux executable (no ELF header)")]
+    NotElf { path: PathBuf },
     #[error("`{0}` is not REGISTRY/PATH (e.g. europe-docker.pkg.dev/my-project/meshguard or localhost:5000/meshguard)")]
     Repository(String),
     #[error("`{0}` is not a valid tag (letters, digits, `_`, `.`, `-`; at most 128)")]
@@ -97,14 +126,14 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A ustar archive holding one regular file `name` (mode 0644, owner 0, time 0: reproducible).
-fn tar_one(name: &str, content: &[u8]) -> Vec<u8> {
+fn tar_one(name: &str, content: &[u8], mode: u32) -> Vec<u8> {
     let mut header = [0u8; 512];
     header[..name.len()].copy_from_slice(name.as_bytes());
     let octal = |field: &mut [u8], value: u64| {
         let s = format!("{value:0width$o}", width = field.len() - 1);
         field[..s.len()].copy_from_slice(s.as_bytes());
     };
-    octal(&mut header[100..108], 0o644);
+    octal(&mut header[100..108], u64::from(mode));
     octal(&mut header[108..116], 0);
     octal(&mut header[116..124], 0);
     octal(&mut header[124..136], content.len() as u64);
@@ -158,16 +187,40 @@ pub struct Image {
 impl Image {
     /// The image of a `.wasm` module.
     pub fn of_wasm(wasm: &[u8]) -> Image {
-        let tar = tar_one(WASM_FILE_IN_LAYER, wasm);
-        let layer = gzip_stored(&tar);
+        let tar = tar_one(WASM_FILE_IN_LAYER, wasm, 0o644);
         let config = json!({
             "architecture": "wasm",
             "os": "wasip1",
             "config": {},
             "rootfs": {"type": "layers", "diff_ids": [digest(&tar)]},
-        })
-        .to_string()
-        .into_bytes();
+        });
+        Image::of_layer(&tar, &config)
+    }
+
+    /// The image of a service: its static Linux binary `/<name>` (mode 0755) as the only file
+    /// and the entrypoint, listening on `port`, run as [`SERVICE_USER`].
+    pub fn of_binary(name: &str, binary: &[u8], port: u16) -> Image {
+        let tar = tar_one(name, binary, 0o755);
+        let mut exposed = serde_json::Map::new();
+        exposed.insert(format!("{port}/tcp"), json!({}));
+        let config = json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Entrypoint": [format!("/{name}")],
+                "ExposedPorts": exposed,
+                "Env": [format!("PORT={port}")],
+                "User": SERVICE_USER,
+            },
+            "rootfs": {"type": "layers", "diff_ids": [digest(&tar)]},
+        });
+        Image::of_layer(&tar, &config)
+    }
+
+    /// An image of one layer (`tar`, stored as gzip) and `config`.
+    fn of_layer(tar: &[u8], config: &serde_json::Value) -> Image {
+        let layer = gzip_stored(tar);
+        let config = config.to_string().into_bytes();
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": MANIFEST_MEDIA_TYPE,
@@ -370,19 +423,26 @@ async fn push(
     Ok(())
 }
 
-/// One pushed module.
+/// One pushed image: a filter module or a reference service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
-    /// `meshguard-authz` or `meshguard-metrics`.
+    /// `meshguard-authz`, `meshguard-metrics`, or a service (`user-service`, …).
     pub name: String,
-    /// The `install` flag taking its URL.
-    pub flag: String,
+    /// The `install` flag taking its URL (a module's); `None` for a service.
+    pub flag: Option<String>,
     /// `oci://REGISTRY/PATH/NAME:TAG`.
     pub url: String,
-    /// The manifest digest (hex): the `sha256` to pass to `install`.
+    /// The manifest digest (hex): the `sha256` to pass to `install` for a module.
     pub sha256: String,
-    /// Size of the `.wasm`.
-    pub wasm_bytes: usize,
+    /// Size of the `.wasm` or of the binary.
+    pub bytes: usize,
+}
+
+impl Published {
+    /// The image reference, as a Deployment names it (the URL without `oci://`).
+    pub fn image(&self) -> &str {
+        self.url.trim_start_matches("oci://")
+    }
 }
 
 /// What `publish` does.
@@ -391,26 +451,75 @@ pub struct PublishOptions {
     pub repository: String,
     pub tag: String,
     pub filters_dir: PathBuf,
+    /// Also the reference services, their binaries from this folder.
+    pub services_dir: Option<PathBuf>,
     pub plain_http: bool,
     /// The docker config to take credentials from (default: [`docker_config_path`]).
     pub docker_config: Option<PathBuf>,
 }
 
-/// Packages and pushes both filters.
+/// An image to push, with what `publish` reports of it.
+struct ToPush {
+    name: &'static str,
+    flag: Option<&'static str>,
+    image: Image,
+    bytes: usize,
+}
+
+/// The filters' images, from `dir`.
+fn filter_images(dir: &Path) -> Result<Vec<ToPush>, PublishError> {
+    FILTERS
+        .into_iter()
+        .map(|(name, file, flag)| {
+            let path = dir.join(file);
+            let wasm = std::fs::read(&path).map_err(|source| PublishError::ReadModule {
+                path: path.clone(),
+                source,
+            })?;
+            if !wasm.starts_with(b"\0asm") {
+                return Err(PublishError::NotWasm { path });
+            }
+            Ok(ToPush {
+                name,
+                flag: Some(flag),
+                image: Image::of_wasm(&wasm),
+                bytes: wasm.len(),
+            })
+        })
+        .collect()
+}
+
+/// The reference services' images, from `dir`.
+fn service_images(dir: &Path) -> Result<Vec<ToPush>, PublishError> {
+    SERVICES
+        .into_iter()
+        .map(|(name, file, port)| {
+            let path = dir.join(file);
+            let binary = std::fs::read(&path).map_err(|source| PublishError::ReadService {
+                path: path.clone(),
+                source,
+            })?;
+            if !binary.starts_with(b"\x7fELF") {
+                return Err(PublishError::NotElf { path });
+            }
+            Ok(ToPush {
+                name,
+                flag: None,
+                image: Image::of_binary(name, &binary, port),
+                bytes: binary.len(),
+            })
+        })
+        .collect()
+}
+
+/// Packages and pushes both filters, and the reference services when asked. Every file is read
+/// and checked before anything is pushed.
 pub async fn publish(opts: &PublishOptions) -> Result<Vec<Published>, PublishError> {
     let repo = Repository::parse(&opts.repository)?;
     check_tag(&opts.tag)?;
-    let mut modules = Vec::new();
-    for (name, file, flag) in FILTERS {
-        let path = opts.filters_dir.join(file);
-        let wasm = std::fs::read(&path).map_err(|source| PublishError::ReadModule {
-            path: path.clone(),
-            source,
-        })?;
-        if !wasm.starts_with(b"\0asm") {
-            return Err(PublishError::NotWasm { path });
-        }
-        modules.push((name, flag, wasm));
+    let mut images = filter_images(&opts.filters_dir)?;
+    if let Some(dir) = &opts.services_dir {
+        images.extend(service_images(dir)?);
     }
     let config_path = opts.docker_config.clone().or_else(docker_config_path);
     let creds = match &config_path {
@@ -431,30 +540,40 @@ pub async fn publish(opts: &PublishOptions) -> Result<Vec<Published>, PublishErr
         ..ClientConfig::default()
     });
     let mut out = Vec::new();
-    for (name, flag, wasm) in modules {
-        let image = Image::of_wasm(&wasm);
-        let repository = format!("{}/{name}", repo.path);
+    for p in images {
+        let repository = format!("{}/{}", repo.path, p.name);
         let reference =
             Reference::with_tag(repo.registry.clone(), repository.clone(), opts.tag.clone());
-        push(&client, &reference, &auth, &image).await?;
+        push(&client, &reference, &auth, &p.image).await?;
         out.push(Published {
-            name: name.to_owned(),
-            flag: flag.to_owned(),
+            name: p.name.to_owned(),
+            flag: p.flag.map(str::to_owned),
             url: format!("oci://{}/{repository}:{}", repo.registry, opts.tag),
-            sha256: image.sha256(),
-            wasm_bytes: wasm.len(),
+            sha256: p.image.sha256(),
+            bytes: p.bytes,
         });
     }
     Ok(out)
 }
 
-/// The `meshctl install` flags for published modules.
-pub fn install_flags(published: &[Published]) -> String {
-    published
+/// The `meshctl install` flags for what was published: each module's URL and sha256, and with
+/// the services, the registry and tag their images are under.
+pub fn install_flags(published: &[Published], repository: &str, tag: &str) -> String {
+    let mut flags: Vec<String> = published
         .iter()
-        .map(|p| format!("{} {} {}-sha256 {}", p.flag, p.url, p.flag, p.sha256))
-        .collect::<Vec<_>>()
-        .join(" ")
+        .filter_map(|p| {
+            p.flag
+                .as_ref()
+                .map(|f| format!("{f} {} {f}-sha256 {}", p.url, p.sha256))
+        })
+        .collect();
+    if published.iter().any(|p| p.flag.is_none()) {
+        let repository = repository
+            .trim_start_matches("oci://")
+            .trim_end_matches('/');
+        flags.push(format!("--image-registry {repository} --image-tag {tag}"));
+    }
+    flags.join(" ")
 }
 
 #[cfg(test)]
@@ -465,9 +584,10 @@ mod tests {
 
     #[test]
     fn tar_holds_the_file_at_block_boundaries() {
-        let t = tar_one("plugin.wasm", b"\0asmabc");
+        let t = tar_one("plugin.wasm", b"\0asmabc", 0o644);
         assert_eq!(t.len(), 512 + 512 + 1024);
         assert_eq!(&t[..11], b"plugin.wasm");
+        assert_eq!(&t[100..108], b"0000644\0");
         assert_eq!(&t[512..519], b"\0asmabc");
         assert_eq!(&t[257..262], b"ustar");
     }
@@ -497,6 +617,54 @@ mod tests {
         assert_eq!(img.sha256().len(), 64);
         // Reproducible: the same module, the same digest.
         assert_eq!(Image::of_wasm(b"\0asm\x01\0\0\0").sha256(), img.sha256());
+    }
+
+    #[test]
+    fn a_service_image_runs_its_binary_as_a_non_root_user() {
+        let img = Image::of_binary("user-service", b"\x7fELF...", 5000);
+        let c: serde_json::Value = serde_json::from_slice(&img.config).unwrap();
+        assert_eq!(c["os"], "linux");
+        assert_eq!(c["architecture"], "amd64");
+        assert_eq!(c["config"]["Entrypoint"], json!(["/user-service"]));
+        assert_eq!(c["config"]["ExposedPorts"], json!({"5000/tcp": {}}));
+        assert_eq!(c["config"]["User"], SERVICE_USER);
+        let tar = tar_one("user-service", b"\x7fELF...", 0o755);
+        assert_eq!(c["rootfs"]["diff_ids"], json!([digest(&tar)]));
+        assert_eq!(&tar[100..108], b"0000755\0", "executable");
+        assert_eq!(img.layer, gzip_stored(&tar));
+        assert_eq!(
+            Image::of_binary("user-service", b"\x7fELF...", 5000).sha256(),
+            img.sha256(),
+            "reproducible"
+        );
+    }
+
+    #[test]
+    fn install_flags_name_the_modules_and_the_services_registry() {
+        let module = Published {
+            name: "meshguard-authz".into(),
+            flag: Some("--authz-module".into()),
+            url: "oci://r.example/m/meshguard-authz:1".into(),
+            sha256: "ab".into(),
+            bytes: 1,
+        };
+        let service = Published {
+            name: "user-service".into(),
+            flag: None,
+            url: "oci://r.example/m/user-service:1".into(),
+            sha256: "cd".into(),
+            bytes: 1,
+        };
+        assert_eq!(service.image(), "r.example/m/user-service:1");
+        assert_eq!(
+            install_flags(std::slice::from_ref(&module), "r.example/m", "1"),
+            "--authz-module oci://r.example/m/meshguard-authz:1 --authz-module-sha256 ab"
+        );
+        assert_eq!(
+            install_flags(&[module, service], "oci://r.example/m/", "1"),
+            "--authz-module oci://r.example/m/meshguard-authz:1 --authz-module-sha256 ab \
+             --image-registry r.example/m --image-tag 1"
+        );
     }
 
     #[test]

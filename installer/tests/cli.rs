@@ -585,5 +585,46 @@ async fn publish_finds_the_filters_where_the_scripts_build_them() -> TestResult 
         "{}",
         run.dump()
     );
+
+    // The same for the reference services' binaries (`publish --services`).
+    let line = common
+        .lines()
+        .find(|l| l.starts_with("SERVICES_DIR="))
+        .ok_or("scripts/common.sh sets SERVICES_DIR")?;
+    assert_eq!(
+        line,
+        format!(
+            "SERVICES_DIR=\"$ROOT/{}\"",
+            meshctl::publish::DEFAULT_SERVICES_DIR
+        )
+    );
+    assert!(meshctl::publish::BUILD_SERVICES.contains("--target-dir target/services"));
+    assert!(
+        help.stdout.contains(meshctl::publish::DEFAULT_SERVICES_DIR),
+        "{}",
+        help.dump()
+    );
+    // Modules present, binaries missing: every file is checked before anything is pushed.
+    let modules = tempfile::tempdir()?;
+    for (_, file, _) in meshctl::publish::FILTERS {
+        std::fs::write(modules.path().join(file), b"\0asm\x01\0\0\0")?;
+    }
+    let run = meshctl(&[
+        "publish",
+        "--repository",
+        "localhost:1/meshguard",
+        "--filters-dir",
+        &modules.path().display().to_string(),
+        "--services",
+        "--services-dir",
+        &dir.path().display().to_string(),
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert!(
+        run.stderr.contains(meshctl::publish::BUILD_SERVICES),
+        "{}",
+        run.dump()
+    );
     Ok(())
 }

@@ -57,7 +57,9 @@ pub use options::{
     DEFAULT_KEDA_CPU_ACTIVATION_THRESHOLD, DEFAULT_KEDA_CPU_THRESHOLD,
     DEFAULT_MONITORING_NAMESPACE, DEFAULT_PROMETHEUS_ADDRESS,
 };
-pub use spec::{FileError, MeshFile, MeshSpec, Overrides, SpecError};
+pub use spec::{
+    FileError, ImageRegistry, MeshFile, MeshSpec, Overrides, SpecError, REFERENCE_SERVICES,
+};
 pub use workloads::{
     image_version, PodSecurity, UnknownPodSecurity, GKE_ACCELERATOR_LABEL, GPU_RESOURCE,
     GPU_TAINT_KEY, LOCAL_GPU_LABEL, POD_RUN_AS_USER, VERSION_KEY,

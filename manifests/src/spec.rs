@@ -698,6 +698,31 @@ impl MeshSpec {
                 })?;
             s.image.clone_from(image);
         }
+        if let Some(registry) = &o.image_registry {
+            let flag = "--image-registry";
+            let mut found = false;
+            for s in &mut self.services {
+                if !REFERENCE_SERVICES.contains(&s.name.as_str()) {
+                    continue;
+                }
+                found = true;
+                if o.images.iter().any(|(_, service, _)| *service == s.name) {
+                    continue;
+                }
+                let image = registry.image(&s.name);
+                check_image(&image).map_err(|m| OverrideError::new(flag, m))?;
+                s.image = image;
+            }
+            if !found {
+                return Err(OverrideError::new(
+                    flag,
+                    format!(
+                        "the mesh has none of the services meshguard ships images of ({})",
+                        REFERENCE_SERVICES.join(", ")
+                    ),
+                ));
+            }
+        }
         let has_cpu_trigger = self.services.iter().any(|s| match &s.scaling {
             Scaling::Keda(k) => k.triggers.iter().any(|t| matches!(t, Trigger::Cpu(_))),
             _ => false,
@@ -1042,6 +1067,9 @@ fn check_quantity(q: &str) -> Result<(), String> {
 pub struct Overrides {
     /// `(flag, service, image)`: the image of a service, by a flag such as `--user-image`.
     pub images: Vec<(String, String, String)>,
+    /// Every reference service (see [`REFERENCE_SERVICES`]) of the mesh that no image flag sets
+    /// runs `<repository>/<service>:<tag>`, the image `meshctl publish --services` pushes.
+    pub image_registry: Option<ImageRegistry>,
     /// The threshold of every KEDA `cpu` trigger.
     pub cpu_threshold: Option<String>,
     /// The activation threshold of every KEDA `cpu` trigger.
@@ -1051,6 +1079,33 @@ pub struct Overrides {
     pub request_rate_threshold: Option<String>,
     /// No service asks for GPUs.
     pub no_gpu: bool,
+}
+
+/// The services meshguard ships images of (`tests/services`, pushed by `meshctl publish
+/// --services`).
+pub const REFERENCE_SERVICES: [&str; 3] = [
+    meshguard_mesh::model::USER_SERVICE,
+    meshguard_mesh::model::ORDER_SERVICE,
+    meshguard_mesh::model::PAYMENT_SERVICE,
+];
+
+/// Where the reference services' images are: `--image-registry` and `--image-tag`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageRegistry {
+    /// REGISTRY/PATH (e.g. `europe-docker.pkg.dev/acme/meshguard`).
+    pub repository: String,
+    pub tag: String,
+}
+
+impl ImageRegistry {
+    /// The image of `service` there.
+    pub fn image(&self, service: &str) -> String {
+        let repository = self
+            .repository
+            .trim_start_matches("oci://")
+            .trim_end_matches('/');
+        format!("{repository}/{service}:{}", self.tag)
+    }
 }
 
 /// A flag that cannot apply to the document.
@@ -1294,6 +1349,39 @@ mod tests {
             MeshSpec::reference().mesh("shop").unwrap(),
             Mesh::reference("shop").unwrap()
         );
+    }
+
+    #[test]
+    fn the_image_registry_runs_the_reference_services_unless_a_flag_names_their_image() {
+        let mut spec = MeshSpec::reference();
+        spec.apply(&Overrides {
+            images: vec![("--user-image".into(), "user-service".into(), "u:7".into())],
+            image_registry: Some(ImageRegistry {
+                repository: "oci://r.example/mg/".into(),
+                tag: "0.2.0".into(),
+            }),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let image = |name: &str| spec.service(name).unwrap().image.clone();
+        assert_eq!(image("user-service"), "u:7");
+        assert_eq!(image("order-service"), "r.example/mg/order-service:0.2.0");
+        assert_eq!(
+            image("payment-service"),
+            "r.example/mg/payment-service:0.2.0"
+        );
+
+        let mut other = MeshSpec::reference();
+        for s in &mut other.services {
+            s.name = format!("x-{}", s.name);
+        }
+        let e = other
+            .apply(&Overrides {
+                image_registry: Some(ImageRegistry::default()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+        assert_eq!(e.flag, "--image-registry");
     }
 
     #[test]

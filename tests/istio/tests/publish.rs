@@ -7,6 +7,12 @@
 //! Istio's agent code (`pkg/wasm` `LocalFileCache.Get`, `meshguard-istio fetch`) with the
 //! printed `sha256` as the WasmPlugin's and the docker config as its pull secret: it must return
 //! the very bytes of each `.wasm`.
+//!
+//! The reference services' images (`publish --services`) are pulled back with
+//! go-containerregistry (`meshguard-istio image-inspect`), which validates every blob against its
+//! digest and the layers against the config, and unpacks the filesystem as a container runtime
+//! would: each holds its static binary, byte for byte, as its executable entrypoint, and that
+//! binary, run from the unpacked image, serves its health endpoint.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,7 +22,9 @@ use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
 use clap::Parser as _;
-use meshctl::publish::{install_flags, publish, PublishError, PublishOptions, FILTERS};
+use meshctl::publish::{
+    install_flags, publish, PublishError, PublishOptions, FILTERS, SERVICES, SERVICE_USER,
+};
 use meshguard_istio_tests::{registry_binary, run_raw};
 
 const USER: &str = "meshguard";
@@ -132,6 +140,7 @@ async fn published_modules_are_what_istios_agent_fetches_with_the_printed_sha256
         repository: format!("{}/meshguard", registry.addr),
         tag: "0.1.0".into(),
         filters_dir: filters.to_path_buf(),
+        services_dir: None,
         plain_http: true,
         docker_config: Some(config.clone()),
     };
@@ -176,7 +185,10 @@ async fn published_modules_are_what_istios_agent_fetches_with_the_printed_sha256
     assert_eq!(again, published);
 
     // The printed flags are what `meshctl install` takes.
-    let line = format!("meshctl install {}", install_flags(&published));
+    let line = format!(
+        "meshctl install {}",
+        install_flags(&published, &opts.repository, &opts.tag)
+    );
     let cli = meshctl::cli::Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{e}"));
     let meshctl::cli::Command::Install(args) = cli.command else {
         panic!("not install")
@@ -208,6 +220,7 @@ async fn istio_refuses_a_registry_whose_basic_realm_is_not_a_public_url() {
         repository: format!("{}/meshguard", registry.addr),
         tag: "0.1.0".into(),
         filters_dir: filters.to_path_buf(),
+        services_dir: None,
         plain_http: true,
         docker_config: Some(config.clone()),
     })
@@ -221,4 +234,159 @@ async fn istio_refuses_a_registry_whose_basic_realm_is_not_a_public_url() {
     )
     .unwrap_err();
     assert!(err.contains("rejected unsafe bearer realm"), "{err}");
+}
+
+/// The folder of the reference services' static binaries (`MESHGUARD_SERVICES_DIR`, set by
+/// scripts/test.sh).
+fn services_dir() -> PathBuf {
+    std::env::var_os("MESHGUARD_SERVICES_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "MESHGUARD_SERVICES_DIR is not set: build the services ({}) and export it (scripts/test.sh does)",
+            meshctl::publish::BUILD_SERVICES
+        )
+    })
+}
+
+/// What go-containerregistry reports of an image (`meshguard-istio image-inspect`).
+#[derive(Debug, serde::Deserialize)]
+struct Inspected {
+    digest: String,
+    os: String,
+    architecture: String,
+    entrypoint: Vec<String>,
+    user: String,
+    exposed_ports: Vec<String>,
+    files: Vec<InspectedFile>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct InspectedFile {
+    path: String,
+    mode: u32,
+    size: u64,
+}
+
+/// Runs `binary` with `PORT=0` until it says where it listens, then asks its health endpoint.
+fn health_of(binary: &Path) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut child = Command::new(binary)
+        .env("PORT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            panic!("{} exited before listening", binary.display());
+        };
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["event"] == "listening" {
+            break v["fields"]["address"].as_str().unwrap().to_owned();
+        }
+    };
+    let port = addr.rsplit(':').next().unwrap();
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    answer
+}
+
+#[tokio::test]
+async fn published_services_are_valid_images_of_their_binaries() {
+    let filters = meshguard_filter_tests::filters_dir().unwrap_or_else(|e| panic!("{e}"));
+    let services = services_dir();
+    let tmp = TempDir::new("publish-services");
+    let root = tmp.0.join("registry");
+    std::fs::create_dir_all(&root).unwrap();
+    let registry = Registry::start(&root, None);
+    let config = docker_config(&tmp.0, &registry.addr, PASSWORD);
+    let opts = PublishOptions {
+        repository: format!("{}/meshguard", registry.addr),
+        tag: "0.1.0".into(),
+        filters_dir: filters.to_path_buf(),
+        services_dir: Some(services.clone()),
+        plain_http: true,
+        docker_config: Some(config.clone()),
+    };
+    let published = publish(&opts).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(published.len(), FILTERS.len() + SERVICES.len());
+    for (service, file, port) in SERVICES {
+        let p = published.iter().find(|p| p.name == service).unwrap();
+        assert_eq!(p.flag, None);
+        assert_eq!(
+            p.image(),
+            format!("{}/meshguard/{service}:0.1.0", registry.addr)
+        );
+        let unpacked = tmp.0.join(format!("{service}-rootfs"));
+        let out = run_raw([
+            "image-inspect".to_owned(),
+            "--insecure".to_owned(),
+            "--basic".to_owned(),
+            format!("{USER}:{PASSWORD}"),
+            p.image().to_owned(),
+            unpacked.display().to_string(),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "go-containerregistry refused {}: {}",
+            p.image(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let image: Inspected = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(image.digest, format!("sha256:{}", p.sha256));
+        assert_eq!(
+            (image.os.as_str(), image.architecture.as_str()),
+            ("linux", "amd64")
+        );
+        assert_eq!(image.entrypoint, [format!("/{service}")]);
+        assert_eq!(image.user, SERVICE_USER);
+        assert_eq!(image.exposed_ports, [format!("{port}/tcp")]);
+        let binary = std::fs::read(services.join(file)).unwrap();
+        assert_eq!(image.files.len(), 1, "{:?}", image.files);
+        let f = &image.files[0];
+        assert_eq!(
+            (f.path.as_str(), f.mode, f.size),
+            (service, 0o755, binary.len() as u64)
+        );
+        let path = unpacked.join(service);
+        assert!(
+            std::fs::read(&path).unwrap() == binary,
+            "{service}: other bytes in the image"
+        );
+        let answer = health_of(&path);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{service} from its image: {answer}"
+        );
+    }
+
+    // The printed flags make install run these images.
+    let line = format!(
+        "meshctl install {}",
+        install_flags(&published, &opts.repository, &opts.tag)
+    );
+    let cli = meshctl::cli::Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{e}"));
+    let meshctl::cli::Command::Install(args) = cli.command else {
+        panic!("not install")
+    };
+    let mut spec = meshguard_manifests::MeshSpec::reference();
+    spec.apply(&args.render.overrides()).unwrap();
+    for (service, _, _) in SERVICES {
+        let want = published
+            .iter()
+            .find(|p| p.name == service)
+            .unwrap()
+            .image();
+        assert_eq!(spec.service(service).unwrap().image, want);
+    }
 }

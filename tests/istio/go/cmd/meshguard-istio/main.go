@@ -45,6 +45,12 @@
 //	meshguard-istio fetch [--insecure] [--pull-secret DOCKERCONFIG] URL SHA256 OUT
 //	    Fetches a Wasm module as Istio's agent does (pkg/wasm LocalFileCache.Get with the
 //	    WasmPlugin's sha256) and copies the module it returns to OUT.
+//
+//	meshguard-istio image-inspect [--insecure] [--basic USER:PASSWORD] REF OUT
+//	    Pulls a container image with go-containerregistry (the library the agent fetches OCI
+//	    images with), validates every blob against its digest and the layers against the
+//	    config, unpacks its filesystem into OUT and prints its platform, entrypoint, user, ports
+//	    and files as JSON (see image.go).
 package main
 
 import (
@@ -109,6 +115,8 @@ func main() {
 		err = cmdSidecarECDS(os.Args[2:])
 	case "validate":
 		err = cmdValidate(os.Args[2:])
+	case "image-inspect":
+		err = cmdImageInspect(os.Args[2:])
 	case "fetch":
 		err = cmdFetch(os.Args[2:])
 	default:
@@ -121,7 +129,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | sidecar-bootstrap [--template PATH] FILE | sidecar-ecds [--module URL=PATH]... FILE | validate FILE | fetch [--insecure] [--pull-secret FILE] URL SHA256 OUT")
+	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | sidecar-bootstrap [--template PATH] FILE | sidecar-ecds [--module URL=PATH]... FILE | validate FILE | fetch [--insecure] [--pull-secret FILE] URL SHA256 OUT | image-inspect [--insecure] [--basic USER:PASSWORD] REF OUT")
 	os.Exit(2)
 }
 
