@@ -128,22 +128,50 @@ fn istio_fetch(
     }
 }
 
-#[tokio::test]
-async fn published_modules_are_what_istios_agent_fetches_with_the_printed_sha256() {
+/// A registry (with basic authentication; `realm` for its challenge) in a folder of its own,
+/// a docker config with its credentials, and the options that publish there.
+fn registry_and_options(
+    tag: &str,
+    realm: Option<&str>,
+    services_dir: Option<PathBuf>,
+) -> (TempDir, Registry, PathBuf, PublishOptions) {
     let filters = meshguard_filter_tests::filters_dir().unwrap_or_else(|e| panic!("{e}"));
-    let tmp = TempDir::new("publish");
+    let tmp = TempDir::new(tag);
     let root = tmp.0.join("registry");
     std::fs::create_dir_all(&root).unwrap();
-    let registry = Registry::start(&root, None);
+    let registry = Registry::start(&root, realm);
     let config = docker_config(&tmp.0, &registry.addr, PASSWORD);
     let opts = PublishOptions {
         repository: format!("{}/meshguard", registry.addr),
         tag: "0.1.0".into(),
         filters_dir: filters.to_path_buf(),
-        services_dir: None,
+        services_dir,
         plain_http: true,
         docker_config: Some(config.clone()),
     };
+    (tmp, registry, config, opts)
+}
+
+/// `meshctl install` parsed from the flags publish printed.
+fn install_with_printed_flags(
+    published: &[meshctl::publish::Published],
+    opts: &PublishOptions,
+) -> meshctl::cli::InstallArgs {
+    let line = format!(
+        "meshctl install {}",
+        install_flags(published, &opts.repository, &opts.tag)
+    );
+    let cli = meshctl::cli::Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{e}"));
+    let meshctl::cli::Command::Install(args) = cli.command else {
+        panic!("not install")
+    };
+    args
+}
+
+#[tokio::test]
+async fn published_modules_are_what_istios_agent_fetches_with_the_printed_sha256() {
+    let filters = meshguard_filter_tests::filters_dir().unwrap_or_else(|e| panic!("{e}"));
+    let (tmp, registry, config, opts) = registry_and_options("publish", None, None);
 
     // Without credentials the registry refuses, and meshctl says where they come from.
     let none = PublishOptions {
@@ -185,14 +213,7 @@ async fn published_modules_are_what_istios_agent_fetches_with_the_printed_sha256
     assert_eq!(again, published);
 
     // The printed flags are what `meshctl install` takes.
-    let line = format!(
-        "meshctl install {}",
-        install_flags(&published, &opts.repository, &opts.tag)
-    );
-    let cli = meshctl::cli::Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{e}"));
-    let meshctl::cli::Command::Install(args) = cli.command else {
-        panic!("not install")
-    };
+    let args = install_with_printed_flags(&published, &opts);
     let o = args.render.to_options("meshguard");
     assert_eq!(o.authz_module_url, published[0].url);
     assert_eq!(
@@ -210,22 +231,9 @@ async fn istio_refuses_a_registry_whose_basic_realm_is_not_a_public_url() {
     // What the docs warn about: Istio's agent checks every 401's realm (SSRF protection in
     // pkg/wasm/imagefetcher.go) and refuses a registry that names none, with or without
     // credentials. meshctl itself can push there.
-    let filters = meshguard_filter_tests::filters_dir().unwrap_or_else(|e| panic!("{e}"));
-    let tmp = TempDir::new("publish-realm");
-    let root = tmp.0.join("registry");
-    std::fs::create_dir_all(&root).unwrap();
-    let registry = Registry::start(&root, Some("meshguard-test"));
-    let config = docker_config(&tmp.0, &registry.addr, PASSWORD);
-    let published = publish(&PublishOptions {
-        repository: format!("{}/meshguard", registry.addr),
-        tag: "0.1.0".into(),
-        filters_dir: filters.to_path_buf(),
-        services_dir: None,
-        plain_http: true,
-        docker_config: Some(config.clone()),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (tmp, _registry, config, opts) =
+        registry_and_options("publish-realm", Some("meshguard-test"), None);
+    let published = publish(&opts).await.unwrap_or_else(|e| panic!("{e}"));
     let err = istio_fetch(
         &published[0].url,
         &published[0].sha256,
@@ -302,21 +310,9 @@ fn health_of(binary: &Path) -> String {
 
 #[tokio::test]
 async fn published_services_are_valid_images_of_their_binaries() {
-    let filters = meshguard_filter_tests::filters_dir().unwrap_or_else(|e| panic!("{e}"));
     let services = services_dir();
-    let tmp = TempDir::new("publish-services");
-    let root = tmp.0.join("registry");
-    std::fs::create_dir_all(&root).unwrap();
-    let registry = Registry::start(&root, None);
-    let config = docker_config(&tmp.0, &registry.addr, PASSWORD);
-    let opts = PublishOptions {
-        repository: format!("{}/meshguard", registry.addr),
-        tag: "0.1.0".into(),
-        filters_dir: filters.to_path_buf(),
-        services_dir: Some(services.clone()),
-        plain_http: true,
-        docker_config: Some(config.clone()),
-    };
+    let (tmp, registry, _config, opts) =
+        registry_and_options("publish-services", None, Some(services.clone()));
     let published = publish(&opts).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(published.len(), FILTERS.len() + SERVICES.len());
     for (service, file, port) in SERVICES {
@@ -371,14 +367,7 @@ async fn published_services_are_valid_images_of_their_binaries() {
     }
 
     // The printed flags make install run these images.
-    let line = format!(
-        "meshctl install {}",
-        install_flags(&published, &opts.repository, &opts.tag)
-    );
-    let cli = meshctl::cli::Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{e}"));
-    let meshctl::cli::Command::Install(args) = cli.command else {
-        panic!("not install")
-    };
+    let args = install_with_printed_flags(&published, &opts);
     let mut spec = meshguard_manifests::MeshSpec::reference();
     spec.apply(&args.render.overrides()).unwrap();
     for (service, _, _) in SERVICES {
