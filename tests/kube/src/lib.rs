@@ -35,6 +35,7 @@
 
 mod artifacts;
 mod cluster;
+pub mod containerd;
 mod crds;
 mod error;
 pub mod load;
