@@ -751,11 +751,28 @@ fn prometheus_scraping_the_sidecars_answers_every_documented_query() {
         let generated = m.sidecar("payment-service");
         let dir = m.dir.join("payment");
         let mut plugins = m.plugins("payment-service");
+        let dry_run = |c: &str| c.replace(r#""mode":"enforce""#, r#""mode":"dry_run""#);
         for p in &mut plugins {
             if let Some(c) = &mut p.configuration {
-                *c = c.replace(r#""mode":"enforce""#, r#""mode":"dry_run""#);
+                *c = dry_run(c);
+            }
+            // The configuration Istio generated, in the same mode.
+            let value = p
+                .generated
+                .as_mut()
+                .map(|g| &mut g["typed_config"]["config"]["configuration"]["value"]);
+            if let Some(v) = value {
+                if let Some(c) = v.as_str() {
+                    *v = Value::String(dry_run(c));
+                }
             }
         }
+        assert!(
+            plugins
+                .iter()
+                .any(|p| p.served_extension_config().to_string().contains("dry_run")),
+            "no plugin in dry-run mode"
+        );
         let s = Sidecar {
             dir: dir.clone(),
             node: generated.node(),
