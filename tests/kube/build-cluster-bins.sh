@@ -2,9 +2,13 @@
 # build-cluster-bins.sh: prepares everything the offline test cluster
 # (crate meshguard-testcluster) needs, from pinned sources only:
 #
-#   * kube-apiserver, kube-scheduler and kube-controller-manager, built from
-#     k8s.io/kubernetes (Go module proxy);
+#   * kube-apiserver, kube-scheduler and kube-controller-manager, and the real
+#     nodes' kubelet and kube-proxy, built from k8s.io/kubernetes (Go module
+#     proxy);
 #   * etcd, built from go.etcd.io/etcd/server/v3 (Go module proxy);
+#   * the real nodes' CNI plugins (bridge, host-local, loopback, portmap) and
+#     their cluster DNS, CoreDNS with only the plugins it needs, each built
+#     from its own Go module;
 #   * kwok (simulated nodes and pods) and its stage/metric/usage rules,
 #     metrics-server, Prometheus, and KEDA's operator and metrics adapter, each
 #     built from its own Go module;
@@ -55,6 +59,8 @@ source "${versions_file}"
 : "${METRICS_SERVER_VERSION:?versions.env must set METRICS_SERVER_VERSION}"
 : "${PROMETHEUS_VERSION:?versions.env must set PROMETHEUS_VERSION}"
 : "${PROMETHEUS_RELEASE:?versions.env must set PROMETHEUS_RELEASE}"
+: "${CNI_PLUGINS_VERSION:?versions.env must set CNI_PLUGINS_VERSION}"
+: "${COREDNS_VERSION:?versions.env must set COREDNS_VERSION}"
 
 command -v go >/dev/null 2>&1 || die "go is not on PATH (the binaries are built from Go source)"
 # Our generated module stands alone: no go.work around it may change it.
@@ -66,11 +72,16 @@ apiserver_dir="${cache_root}/kube-apiserver-${KUBERNETES_VERSION}"
 etcd_dir="${cache_root}/etcd-${ETCD_VERSION}"
 scheduler_dir="${cache_root}/kube-scheduler-${KUBERNETES_VERSION}"
 controller_manager_dir="${cache_root}/kube-controller-manager-${KUBERNETES_VERSION}"
+kubelet_dir="${cache_root}/kubelet-${KUBERNETES_VERSION}"
+kube_proxy_dir="${cache_root}/kube-proxy-${KUBERNETES_VERSION}"
 gomod_dir="${cache_root}/gomod-kubernetes-${KUBERNETES_VERSION}-etcd-${ETCD_VERSION}"
 kwok_dir="${cache_root}/kwok-${KWOK_VERSION}"
 metrics_server_dir="${cache_root}/metrics-server-${METRICS_SERVER_VERSION}"
 prometheus_dir="${cache_root}/prometheus-${PROMETHEUS_VERSION}"
 keda_dir="${cache_root}/keda-${KEDA_VERSION}"
+cni_dir="${cache_root}/cni-plugins-${CNI_PLUGINS_VERSION}"
+coredns_dir="${cache_root}/coredns-${COREDNS_VERSION}"
+coredns_gomod_dir="${cache_root}/gomod-coredns-${COREDNS_VERSION}"
 crds_root="${cache_root}/crds"
 istio_crds="${crds_root}/istio-${ISTIO_API_VERSION}"
 keda_crds="${crds_root}/keda-${KEDA_VERSION}"
@@ -79,9 +90,16 @@ cert_manager_crds="${crds_root}/cert-manager-${CERT_MANAGER_VERSION}"
 # Anything that changes the binaries goes into their stamp: versions, our Go
 # sources, the recipe and the Go toolchain.
 go_version="$(go env GOVERSION)"
-go_src_sum="$(cd "${script_dir}/go" && find . -type f -name '*.go' -print0 | LC_ALL=C sort -z |
-	xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
+# src_sum DIR: one hash of the *.go files under go/DIR, so that each build
+# only depends on its own sources (go/cmd: the Kubernetes module's commands;
+# go/coredns: CoreDNS's).
+src_sum() {
+	(cd "${script_dir}/go/$1" && find . -type f -name '*.go' -print0 | LC_ALL=C sort -z |
+		xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+go_src_sum="$(src_sum cmd)"
 bins_stamp="recipe=${recipe} kubernetes=${KUBERNETES_VERSION} etcd=${ETCD_VERSION} go=${go_version} src=${go_src_sum}"
+coredns_stamp="recipe=${recipe} github.com/coredns/coredns@${COREDNS_VERSION} go=${go_version} src=$(src_sum coredns)"
 
 # up_to_date DIR STAMP: DIR holds a finished result made from STAMP.
 up_to_date() {
@@ -107,7 +125,7 @@ publish() {
 
 build_binaries() {
 	local k8s_dir minor_patch go_directive staging tmp_out start ldflags key
-	log "building kube-apiserver, kube-scheduler, kube-controller-manager ${KUBERNETES_VERSION} and etcd ${ETCD_VERSION} with ${go_version} (a cold build takes about 7 minutes on 2 cores)"
+	log "building kube-apiserver, kube-scheduler, kube-controller-manager, kubelet, kube-proxy ${KUBERNETES_VERSION} and etcd ${ETCD_VERSION} with ${go_version} (a cold build takes about 8 minutes on 2 cores)"
 	start="${SECONDS}"
 
 	log "downloading k8s.io/kubernetes@${KUBERNETES_VERSION} to read its go.mod"
@@ -152,17 +170,19 @@ build_binaries() {
 	log "compiling (go build -trimpath -ldflags='-s -w ...' ./cmd/...)"
 	tmp_out="$(mktemp -d "${cache_root}/.build.XXXXXX")"
 	(cd "${gomod_dir}" && CGO_ENABLED=0 go build -trimpath -ldflags="${ldflags}" -o "${tmp_out}/" \
-		./cmd/kube-apiserver ./cmd/kube-scheduler ./cmd/kube-controller-manager ./cmd/etcd) ||
+		./cmd/kube-apiserver ./cmd/kube-scheduler ./cmd/kube-controller-manager ./cmd/kubelet ./cmd/kube-proxy \
+		./cmd/etcd) ||
 		die "go build failed (module in ${gomod_dir})"
 
 	log "checking the binaries run"
 	local bin dest
-	for bin in kube-apiserver kube-scheduler kube-controller-manager etcd; do
+	for bin in kube-apiserver kube-scheduler kube-controller-manager kubelet kube-proxy etcd; do
 		"${tmp_out}/${bin}" --version >&2 || die "built ${bin} does not run"
 	done
 
 	for bin in kube-apiserver:"${apiserver_dir}" kube-scheduler:"${scheduler_dir}" \
-		kube-controller-manager:"${controller_manager_dir}" etcd:"${etcd_dir}"; do
+		kube-controller-manager:"${controller_manager_dir}" kubelet:"${kubelet_dir}" \
+		kube-proxy:"${kube_proxy_dir}" etcd:"${etcd_dir}"; do
 		dest="${bin#*:}"
 		bin="${bin%%:*}"
 		mkdir -p -- "${tmp_out}/${bin}.d"
@@ -170,7 +190,7 @@ build_binaries() {
 		publish "${tmp_out}/${bin}.d" "${dest}" "${bins_stamp}"
 	done
 	rmdir -- "${tmp_out}"
-	log "built the four binaries in $((SECONDS - start))s"
+	log "built the six binaries in $((SECONDS - start))s"
 }
 
 # extract_crds NAME MODULE VERSION DEST REQUIRED_CRD... : copies the CRD YAMLs
@@ -286,14 +306,95 @@ build_keda() {
 	log "built KEDA in $((SECONDS - start))s"
 }
 
+# The real nodes' CNI plugins: the four commands a bridge network with
+# host-local addresses and hostPort mappings needs, `go install`ed at one tag
+# into one directory (the kubelet's --cni-bin-dir), with the version -X flag of
+# upstream's release build (.github/workflows/release.yaml).
+build_cni_plugins() {
+	local module=github.com/containernetworking/plugins
+	local plugins=(main/bridge ipam/host-local main/loopback meta/portmap)
+	local ldflags="-s -w -X ${module}/pkg/utils/buildversion.BuildVersion=${CNI_PLUGINS_VERSION}"
+	local stamp="recipe=${recipe} ${module}@${CNI_PLUGINS_VERSION} go=${go_version} plugins=${plugins[*]} flags=${ldflags}"
+	local p cached=true
+	for p in "${plugins[@]}"; do
+		[[ -x "${cni_dir}/${p#*/}" ]] || cached=false
+	done
+	if ${cached} && up_to_date "${cni_dir}" "${stamp}"; then
+		log "CNI plugins ${CNI_PLUGINS_VERSION}: cached"
+		return 0
+	fi
+	${check_only} && die "CNI plugins ${CNI_PLUGINS_VERSION} are missing or stale in ${cni_dir}; run $0"
+	local tmp out pkgs=() start="${SECONDS}"
+	log "building the CNI plugins ${plugins[*]#*/} ${CNI_PLUGINS_VERSION} (go install)"
+	for p in "${plugins[@]}"; do
+		pkgs+=("${module}/plugins/${p}@${CNI_PLUGINS_VERSION}")
+	done
+	tmp="$(mktemp -d "${cache_root}/.cni-plugins.XXXXXX")"
+	GOBIN="${tmp}" CGO_ENABLED=0 go install -trimpath -ldflags="${ldflags}" "${pkgs[@]}" ||
+		die "go install of the CNI plugins failed"
+	for p in "${plugins[@]}"; do
+		# The CNI VERSION command: the spec versions the plugin speaks, as JSON.
+		out="$(CNI_COMMAND=VERSION "${tmp}/${p#*/}" </dev/null)" || die "built CNI plugin ${p#*/} does not run"
+		[[ "${out}" == '{'*'"supportedVersions"'* ]] || die "CNI plugin ${p#*/} answered VERSION with ${out}"
+		log "${p#*/}: ${out}"
+	done
+	publish "${tmp}" "${cni_dir}" "${stamp}"
+	log "built the CNI plugins in $((SECONDS - start))s"
+}
+
+# CoreDNS with only the plugins of go/coredns/main.go: built in a generated Go
+# module that requires the pinned github.com/coredns/coredns (its own main
+# package imports every plugin).
+build_coredns() {
+	if up_to_date "${coredns_dir}" "${coredns_stamp}" && [[ -x "${coredns_dir}/coredns" ]]; then
+		log "CoreDNS ${COREDNS_VERSION}: cached"
+		return 0
+	fi
+	${check_only} && die "CoreDNS ${COREDNS_VERSION} is missing or stale in ${coredns_dir}; run $0"
+	local src go_directive tmp listed p start="${SECONDS}"
+	log "building CoreDNS ${COREDNS_VERSION} with the plugins of go/coredns/main.go"
+	src="$(module_dir github.com/coredns/coredns "${COREDNS_VERSION}")"
+	go_directive="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "${src}/go.mod")"
+	[[ -n "${go_directive}" ]] || die "unexpected ${src}/go.mod (no go directive)"
+
+	log "writing the Go module in ${coredns_gomod_dir}"
+	rm -rf -- "${coredns_gomod_dir}"
+	mkdir -p -- "${coredns_gomod_dir}"
+	cp -- "${script_dir}/go/coredns/main.go" "${coredns_gomod_dir}/main.go"
+	{
+		printf '// Generated by tests/kube/build-cluster-bins.sh from versions.env; do not edit.\n'
+		printf 'module meshguard.invalid/coredns\n\n'
+		printf 'go %s\n\n' "${go_directive}"
+		printf 'require github.com/coredns/coredns %s\n' "${COREDNS_VERSION}"
+	} >"${coredns_gomod_dir}/go.mod"
+	(cd "${coredns_gomod_dir}" && go mod tidy) || die "go mod tidy failed in ${coredns_gomod_dir}"
+
+	tmp="$(mktemp -d "${cache_root}/.coredns.XXXXXX")"
+	# The version -X flag of CoreDNS's own Makefile (the git commit; the tag here).
+	(cd "${coredns_gomod_dir}" && CGO_ENABLED=0 go build -trimpath \
+		-ldflags="-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}" \
+		-o "${tmp}/coredns" .) || die "go build of CoreDNS failed (module in ${coredns_gomod_dir})"
+	"${tmp}/coredns" -version >&2 || die "built coredns does not run"
+	# -plugins lists the compiled-in plugins, one name a line.
+	listed="$("${tmp}/coredns" -plugins)" || die "built coredns does not list its plugins"
+	for p in bind kubernetes errors health ready cache log loadbalance; do
+		grep -qx -- "${p}" <<<"${listed}" || die "built coredns lacks the ${p} plugin (it has: $(tr '\n' ' ' <<<"${listed}"))"
+	done
+	log "CoreDNS plugins: $(tr '\n' ' ' <<<"${listed}")"
+	publish "${tmp}" "${coredns_dir}" "${coredns_stamp}"
+	log "built CoreDNS in $((SECONDS - start))s"
+}
+
 mkdir -p -- "${cache_root}"
 
 if up_to_date "${apiserver_dir}" "${bins_stamp}" && up_to_date "${etcd_dir}" "${bins_stamp}" &&
 	up_to_date "${scheduler_dir}" "${bins_stamp}" && up_to_date "${controller_manager_dir}" "${bins_stamp}" &&
-	[[ -x "${apiserver_dir}/kube-apiserver" && -x "${etcd_dir}/etcd" ]]; then
-	log "kube-apiserver ${KUBERNETES_VERSION} and etcd ${ETCD_VERSION}: cached"
+	up_to_date "${kubelet_dir}" "${bins_stamp}" && up_to_date "${kube_proxy_dir}" "${bins_stamp}" &&
+	[[ -x "${apiserver_dir}/kube-apiserver" && -x "${etcd_dir}/etcd" ]] &&
+	[[ -x "${kubelet_dir}/kubelet" && -x "${kube_proxy_dir}/kube-proxy" ]]; then
+	log "kube-apiserver, kube-scheduler, kube-controller-manager, kubelet, kube-proxy ${KUBERNETES_VERSION} and etcd ${ETCD_VERSION}: cached"
 elif ${check_only}; then
-	die "kube-apiserver ${KUBERNETES_VERSION} / etcd ${ETCD_VERSION} are missing or stale in ${cache_root}; run $0"
+	die "the Kubernetes binaries ${KUBERNETES_VERSION} / etcd ${ETCD_VERSION} are missing or stale in ${cache_root}; run $0"
 else
 	build_binaries
 fi
@@ -305,6 +406,8 @@ go_install metrics-server "${metrics_server_dir}" "sigs.k8s.io/metrics-server/cm
 go_install prometheus "${prometheus_dir}" "github.com/prometheus/prometheus/cmd/prometheus@${PROMETHEUS_VERSION}" \
 	-tags=remove_all_sd -ldflags="-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_RELEASE}"
 build_keda
+build_cni_plugins
+build_coredns
 
 extract_crds istio istio.io/api "${ISTIO_API_VERSION}" "${istio_crds}" \
 	wasmplugins.extensions.istio.io peerauthentications.security.istio.io
@@ -324,5 +427,9 @@ printf 'export MESHGUARD_METRICS_SERVER=%q\n' "${metrics_server_dir}/metrics-ser
 printf 'export MESHGUARD_PROMETHEUS=%q\n' "${prometheus_dir}/prometheus"
 printf 'export MESHGUARD_KEDA_OPERATOR=%q\n' "${keda_dir}/keda-operator"
 printf 'export MESHGUARD_KEDA_ADAPTER=%q\n' "${keda_dir}/keda-adapter"
+printf 'export MESHGUARD_KUBELET=%q\n' "${kubelet_dir}/kubelet"
+printf 'export MESHGUARD_KUBE_PROXY=%q\n' "${kube_proxy_dir}/kube-proxy"
+printf 'export MESHGUARD_CNI_BIN_DIR=%q\n' "${cni_dir}"
+printf 'export MESHGUARD_COREDNS=%q\n' "${coredns_dir}/coredns"
 printf 'export MESHGUARD_CRDS_DIR=%q\n' "${crds_root}"
 printf '# CRD sets: %q %q %q\n' "${istio_crds}" "${keda_crds}" "${cert_manager_crds}"

@@ -16,6 +16,15 @@ pub const ENV_ETCD: &str = "MESHGUARD_ETCD";
 /// Environment variable naming the CRD directory (holding `istio-<version>/`,
 /// `keda-<version>/` and `cert-manager-<version>/`).
 pub const ENV_CRDS_DIR: &str = "MESHGUARD_CRDS_DIR";
+/// Environment variable naming the kubelet binary of the real nodes.
+pub const ENV_KUBELET: &str = "MESHGUARD_KUBELET";
+/// Environment variable naming the kube-proxy binary of the real nodes.
+pub const ENV_KUBE_PROXY: &str = "MESHGUARD_KUBE_PROXY";
+/// Environment variable naming the directory of the real nodes' CNI plugins
+/// (`bridge`, `host-local`, `loopback`, `portmap`).
+pub const ENV_CNI_BIN_DIR: &str = "MESHGUARD_CNI_BIN_DIR";
+/// Environment variable naming the CoreDNS binary of the real nodes.
+pub const ENV_COREDNS: &str = "MESHGUARD_COREDNS";
 /// Environment variable overriding the cache root (`~/.cache/meshguard`).
 pub const ENV_CACHE_DIR: &str = "MESHGUARD_CACHE_DIR";
 
@@ -40,6 +49,11 @@ pub struct Versions {
     pub prometheus: String,
     /// The Prometheus release that module tag is (`3.16.0`).
     pub prometheus_release: String,
+    /// `github.com/containernetworking/plugins` tag the CNI plugins are built from.
+    pub cni_plugins: String,
+    /// `github.com/coredns/coredns` tag CoreDNS is built from (kubeadm's for
+    /// the Kubernetes minor).
+    pub coredns: String,
 }
 
 impl Versions {
@@ -82,6 +96,8 @@ impl Versions {
             metrics_server: get("METRICS_SERVER_VERSION")?,
             prometheus: get("PROMETHEUS_VERSION")?,
             prometheus_release: get("PROMETHEUS_RELEASE")?,
+            cni_plugins: get("CNI_PLUGINS_VERSION")?,
+            coredns: get("COREDNS_VERSION")?,
         })
     }
 }
@@ -253,6 +269,68 @@ impl LocalArtifacts {
     }
 }
 
+/// The programs of the local cluster's real nodes: the kubelet and kube-proxy
+/// (the same Kubernetes build as the API server), the CNI plugins and CoreDNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeArtifacts {
+    /// kubelet.
+    pub kubelet: PathBuf,
+    /// kube-proxy.
+    pub kube_proxy: PathBuf,
+    /// The directory holding the CNI plugins `bridge`, `host-local`,
+    /// `loopback` and `portmap`.
+    pub cni_bin_dir: PathBuf,
+    /// CoreDNS.
+    pub coredns: PathBuf,
+}
+
+impl NodeArtifacts {
+    /// Locates every program: `$MESHGUARD_<NAME>` (as `build-cluster-bins.sh`
+    /// prints them), else the versioned path in the cache. Each must exist.
+    pub fn locate() -> Result<Self> {
+        let v = Versions::pinned()?;
+        // An empty `file` names the cache directory itself (the CNI plugins).
+        let find = |what: &str, env: &str, dir: String, file: &str| -> Result<PathBuf> {
+            let (path, origin) = pick(None, env, || {
+                let dir = cache_root()?.join(dir);
+                Ok(if file.is_empty() { dir } else { dir.join(file) })
+            })?;
+            if path.exists() {
+                Ok(path)
+            } else {
+                Err(Error::MissingArtifact {
+                    what: what.to_owned(),
+                    path,
+                    source_of_path: origin,
+                    script: build_script(),
+                })
+            }
+        };
+        let k8s = &v.kubernetes;
+        Ok(Self {
+            kubelet: find("kubelet", ENV_KUBELET, format!("kubelet-{k8s}"), "kubelet")?,
+            kube_proxy: find(
+                "kube-proxy",
+                ENV_KUBE_PROXY,
+                format!("kube-proxy-{k8s}"),
+                "kube-proxy",
+            )?,
+            cni_bin_dir: find(
+                "the CNI plugins",
+                ENV_CNI_BIN_DIR,
+                format!("cni-plugins-{}", v.cni_plugins),
+                "",
+            )?,
+            coredns: find(
+                "coredns",
+                ENV_COREDNS,
+                format!("coredns-{}", v.coredns),
+                "coredns",
+            )?,
+        })
+    }
+}
+
 /// Returns the path and a description of where it came from.
 fn pick(
     explicit: Option<&Path>,
@@ -278,6 +356,8 @@ mod tests {
         assert!(v.kubernetes.starts_with("v1.35."), "{v:?}");
         assert!(v.etcd.starts_with("v3."), "{v:?}");
         assert!(v.keda.starts_with("v2."), "{v:?}");
+        assert!(v.cni_plugins.starts_with("v1."), "{v:?}");
+        assert!(v.coredns.starts_with("v1."), "{v:?}");
         Ok(())
     }
 

@@ -40,6 +40,8 @@ mod crds;
 mod error;
 pub mod load;
 mod local;
+pub mod nodes;
+pub mod oci;
 mod pki;
 mod process;
 pub mod pulse;
@@ -49,6 +51,7 @@ pub use artifacts::{
     build_script, cache_root, Artifacts, LocalArtifacts, Versions, ENV_CACHE_DIR, ENV_CRDS_DIR,
     ENV_ETCD, ENV_KUBE_APISERVER, VERSIONS_ENV,
 };
+pub use artifacts::{NodeArtifacts, ENV_CNI_BIN_DIR, ENV_COREDNS, ENV_KUBELET, ENV_KUBE_PROXY};
 pub use cluster::{
     free_ports, TestCluster, TestClusterOptions, ADMIN_USER, CONTEXT_NAME, ENV_KEEP,
 };

@@ -29,9 +29,11 @@ use crate::cluster::{arg, free_ports, http_get_loopback, not_ready, write};
 use crate::crds::CrdSet;
 use crate::error::{Error, Result};
 use crate::load;
+use crate::nodes::{self, NodeContext, RealNodeInfo, RealNodeSpec, RealNodes};
 use crate::pki::{self, Ca};
 use crate::process::Supervised;
 use crate::simulate::{apply_node, NodeShape};
+use crate::NodeArtifacts;
 use crate::{TestCluster, TestClusterOptions, ENV_KEEP};
 
 /// Field manager of the objects the local cluster creates.
@@ -56,6 +58,12 @@ pub struct LocalClusterOptions {
     pub gpu_nodes: u32,
     /// Allocatable CPUs of each node.
     pub cpus_per_node: u32,
+    /// Real nodes in the CPU pool (`real-cpu-1`, ...): a kubelet and a containerd each, pods
+    /// that run (see [`crate::nodes`]). The kwok pools stay for placement at scale.
+    pub real_cpu_nodes: u32,
+    /// Real nodes in the GPU pool (`real-gpu-1`, ...): the pool's labels and taint and one
+    /// `nvidia.com/gpu` each, advertised as an extended resource.
+    pub real_gpu_nodes: u32,
     /// How often Prometheus scrapes kwok's metrics.
     pub scrape_interval: Duration,
     /// Deadline for the whole cluster to become ready.
@@ -73,6 +81,8 @@ impl Default for LocalClusterOptions {
             cpu_nodes: 2,
             gpu_nodes: 1,
             cpus_per_node: 8,
+            real_cpu_nodes: 0,
+            real_gpu_nodes: 0,
             scrape_interval: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(180),
             crds: CrdSet::ALL.to_vec(),
@@ -86,6 +96,8 @@ impl Default for LocalClusterOptions {
 #[derive(Debug)]
 pub struct LocalCluster {
     load: Option<JoinHandle<()>>,
+    gpus: Option<JoinHandle<()>>,
+    real: Option<RealNodes>,
     components: Vec<Supervised>,
     base: Option<TestCluster>,
     dir: Option<tempfile::TempDir>,
@@ -102,6 +114,8 @@ struct Pki {
     front_proxy: (PathBuf, PathBuf),
     metrics_server: (PathBuf, PathBuf),
     kwok: (PathBuf, PathBuf),
+    /// Each real node's kubelet serving certificate: (node, certificate, key).
+    kubelets: Vec<(String, PathBuf, PathBuf)>,
     /// KEDA's certificate directory (`ca.crt`, `tls.crt`, `tls.key`), shared
     /// by the operator's gRPC server and the adapter (its client and its
     /// serving certificate).
@@ -110,7 +124,7 @@ struct Pki {
 }
 
 impl Pki {
-    fn create(dir: &Path) -> Result<Self> {
+    fn create(dir: &Path, real_nodes: &[(String, String)]) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         let ca = Ca::new("meshguard-local-ca")?;
@@ -133,6 +147,11 @@ impl Pki {
             &["metrics-server.kube-system.svc", "localhost", "127.0.0.1"],
         )?;
         let kwok = pair("kwok", "kwok", &["localhost", "127.0.0.1"])?;
+        let mut kubelets = Vec::new();
+        for (node, ip) in real_nodes {
+            let (cert, key) = pair(&format!("kubelet-{node}"), node, &[node, ip])?;
+            kubelets.push((node.clone(), cert, key));
+        }
         let keda_dir = dir.join("keda");
         std::fs::create_dir_all(&keda_dir)
             .map_err(|e| Error::io(format!("cannot create {}", keda_dir.display()), e))?;
@@ -153,6 +172,7 @@ impl Pki {
             front_proxy,
             metrics_server,
             kwok,
+            kubelets,
             keda_dir,
             ca_bundle: pki::base64(ca.cert_pem().as_bytes()),
         })
@@ -193,7 +213,18 @@ impl LocalCluster {
         root: PathBuf,
     ) -> Result<Self> {
         let deadline = Instant::now() + opts.startup_timeout;
-        let pki = Pki::create(&root.join("pki"))?;
+        let real_specs = real_node_specs(opts);
+        let node_bins = if real_specs.is_empty() {
+            None
+        } else {
+            Some(NodeArtifacts::locate()?)
+        };
+        let real_ips: Vec<(String, String)> = real_specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), nodes::node_ip(i)))
+            .collect();
+        let pki = Pki::create(&root.join("pki"), &real_ips)?;
         let base_opts = TestClusterOptions {
             parent_dir: Some(root.clone()),
             startup_timeout: opts.startup_timeout,
@@ -217,6 +248,8 @@ impl LocalCluster {
         let base = TestCluster::start(base_opts).await?;
         let mut cluster = Self {
             load: None,
+            gpus: None,
+            real: None,
             components: Vec::new(),
             dir_path: root.clone(),
             prometheus_url: String::new(),
@@ -281,6 +314,25 @@ impl LocalCluster {
             ],
             &[],
         )?;
+
+        // The real nodes: kubelets and runtimes, kube-proxy and CoreDNS behind `kube-dns`.
+        if let Some(node_bins) = &node_bins {
+            let real = RealNodes::start(
+                &NodeContext {
+                    dir: &root,
+                    kubeconfig: &kubeconfig,
+                    client_ca: &pki.ca,
+                    serving: &pki.kubelets,
+                },
+                node_bins,
+                &real_specs,
+            )?;
+            cluster
+                .nodes
+                .extend(real.infos().into_iter().map(|n| n.name));
+            cluster.real = Some(real);
+            apply_cluster_dns(&client, &real_ips).await?;
+        }
 
         // The node pools, registered before kwok takes them over so that kwok
         // keeps their capacity.
@@ -351,10 +403,22 @@ impl LocalCluster {
 
         // Prometheus, finding kwok's per-node metrics endpoints through kwok's discovery.
         let prometheus_config = root.join("prometheus.yml");
-        write(
-            &prometheus_config,
-            &prometheus_configuration(kwok_port, &pki.ca, opts.scrape_interval),
-        )?;
+        let token_file = root.join("pki").join("admin.token");
+        if let Some(base) = &cluster.base {
+            write(&token_file, base.admin_token())?;
+        }
+        let kubelets: Vec<RealNodeInfo> = cluster
+            .real
+            .as_ref()
+            .map(RealNodes::infos)
+            .unwrap_or_default();
+        let mut text = prometheus_configuration(kwok_port, &pki.ca, opts.scrape_interval);
+        text.push_str(&cadvisor_scrape_configuration(
+            &kubelets,
+            &pki.ca,
+            &token_file,
+        ));
+        write(&prometheus_config, &text)?;
         cluster.spawn(
             "prometheus",
             &bins.prometheus,
@@ -433,6 +497,20 @@ impl LocalCluster {
         cluster
             .wait_ready(&client, opts, keda_probe, deadline)
             .await?;
+        if let Some(real) = &cluster.real {
+            cluster
+                .wait_real_nodes(&client, real, opts, deadline)
+                .await?;
+            let infos = real.infos();
+            let gpu_client = client.clone();
+            // Held at one for as long as the cluster runs (a kubelet that re-registers zeroes it).
+            cluster.gpus = Some(tokio::spawn(async move {
+                loop {
+                    let _ = nodes::advertise_gpus(&gpu_client, &infos).await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }));
+        }
 
         let load_client = client.clone();
         let load_log = root.join("load.log");
@@ -463,7 +541,81 @@ impl LocalCluster {
     fn check_components(&self) -> Result<()> {
         self.components
             .iter()
-            .try_for_each(Supervised::check_running)
+            .try_for_each(Supervised::check_running)?;
+        match &self.real {
+            Some(real) => real.check_running(),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the real nodes' kubelets, kube-proxy and CoreDNS to answer their health
+    /// endpoints and for each GPU node to advertise its `nvidia.com/gpu`.
+    async fn wait_real_nodes(
+        &self,
+        client: &Client,
+        real: &RealNodes,
+        opts: &LocalClusterOptions,
+        deadline: Instant,
+    ) -> Result<()> {
+        let timeout = opts.startup_timeout;
+        for (component, port, path) in real.health_endpoints().iter().copied() {
+            self.wait_for(component, path, deadline, timeout, || async move {
+                let response = http_get_loopback(port, path)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200") {
+                    Ok(())
+                } else {
+                    Err(response.lines().next().unwrap_or_default().to_owned())
+                }
+            })
+            .await?;
+        }
+        let infos = real.infos();
+        self.wait_for(
+            "kubelet",
+            "nvidia.com/gpu allocatable on every GPU node",
+            deadline,
+            timeout,
+            || {
+                let infos = infos.clone();
+                async move {
+                    match nodes::advertise_gpus(client, &infos).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err("not yet".to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// The real nodes (empty without them).
+    pub fn real_nodes(&self) -> Vec<RealNodeInfo> {
+        self.real.as_ref().map(RealNodes::infos).unwrap_or_default()
+    }
+
+    /// What the real nodes changed on the machine, to check with
+    /// [`nodes::Footprint::leftovers`] once the cluster stopped.
+    pub fn real_nodes_footprint(&self) -> Option<nodes::Footprint> {
+        self.real.as_ref().map(RealNodes::footprint)
+    }
+
+    /// Lets the real nodes pull from a registry on `host_port` over plain HTTP.
+    pub fn trust_plain_http_registry(&self, host_port: &str) -> Result<()> {
+        match &self.real {
+            Some(real) => real.trust_plain_http_registry(host_port),
+            None => Ok(()),
+        }
+    }
+
+    /// Imports an OCI image archive into every real node's runtime.
+    pub fn import_image(&self, archive: &Path) -> Result<()> {
+        match &self.real {
+            Some(real) => real.import(archive),
+            None => Ok(()),
+        }
     }
 
     /// Polls `check` until it passes; on the deadline, the error names
@@ -658,6 +810,9 @@ impl LocalCluster {
             .iter()
             .map(|c| (c.name(), c.pid()))
             .collect();
+        if let Some(real) = &self.real {
+            out.extend(real.pids());
+        }
         if let Some(base) = &self.base {
             out.push(("kube-apiserver", base.apiserver_pid()));
             out.push(("etcd", base.etcd_pid()));
@@ -684,7 +839,14 @@ impl LocalCluster {
         if let Some(task) = self.load.take() {
             task.abort();
         }
+        if let Some(task) = self.gpus.take() {
+            task.abort();
+        }
         let mut result = Ok(());
+        // The nodes first, while the API server still answers their kubelets.
+        if let Some(mut real) = self.real.take() {
+            result = real.stop();
+        }
         while let Some(mut component) = self.components.pop() {
             let stopped = component.stop(Duration::from_secs(10));
             if result.is_ok() {
@@ -902,6 +1064,92 @@ scrape_configs:
       ca_file: {ca}
 "
     )
+}
+
+/// Prometheus' job for the real nodes' kubelets: cAdvisor's container metrics
+/// (`container_cpu_usage_seconds_total`, ...) on `/metrics/cadvisor`, over TLS verified against
+/// the cluster's CA, with the admin's token (the kubelets authorize through the API server).
+fn cadvisor_scrape_configuration(kubelets: &[RealNodeInfo], ca: &Path, token: &Path) -> String {
+    if kubelets.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "- job_name: kubelets-cadvisor
+  scheme: https
+  metrics_path: /metrics/cadvisor
+  tls_config:
+    ca_file: {ca}
+  authorization:
+    credentials_file: {token}
+  static_configs:
+",
+        ca = ca.display(),
+        token = token.display(),
+    );
+    for k in kubelets {
+        text.push_str(&format!(
+            "  - targets: ['{ip}:{port}']\n    labels: {{node: {name}}}\n",
+            ip = k.ip,
+            port = k.kubelet_port,
+            name = k.name,
+        ));
+    }
+    text
+}
+
+/// The names of the real nodes `opts` asks for, CPU pool first.
+fn real_node_specs(opts: &LocalClusterOptions) -> Vec<RealNodeSpec> {
+    let cpu = (1..=opts.real_cpu_nodes).map(|i| RealNodeSpec {
+        name: format!("real-cpu-{i}"),
+        gpu: false,
+    });
+    let gpu = (1..=opts.real_gpu_nodes).map(|i| RealNodeSpec {
+        name: format!("real-gpu-{i}"),
+        gpu: true,
+    });
+    cpu.chain(gpu).collect()
+}
+
+/// The cluster's name service: the `kube-dns` Service on [`nodes::CLUSTER_DNS`], its endpoint
+/// CoreDNS on the first real node's address (a host process, not a pod: the API server it
+/// watches listens on loopback).
+async fn apply_cluster_dns(client: &Client, real_ips: &[(String, String)]) -> Result<()> {
+    let Some((_, ip)) = real_ips.first() else {
+        return Ok(());
+    };
+    apply(
+        client,
+        "v1",
+        "Service",
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                         "labels": {"k8s-app": "kube-dns"}},
+            "spec": {"clusterIP": nodes::CLUSTER_DNS, "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            ]},
+        }),
+    )
+    .await?;
+    apply(
+        client,
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kube-dns-coredns", "namespace": "kube-system",
+                         "labels": {"kubernetes.io/service-name": "kube-dns",
+                                    "endpointslice.kubernetes.io/managed-by": LOCAL_MANAGER}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            ],
+        }),
+    )
+    .await
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.

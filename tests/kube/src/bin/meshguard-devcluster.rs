@@ -28,6 +28,12 @@ arrives; then it stops every process.
   --cpu-nodes N      nodes in the CPU pool (default 2)
   --gpu-nodes N      nodes in the GPU pool, one nvidia.com/gpu each (default 1;
                      0 for a cluster without GPUs)
+  --real-cpu-nodes N real nodes in the CPU pool (default 0): a kubelet and a
+                     containerd each, whose pods run (root; Debian's containerd,
+                     runc and nftables; the pod sandbox binary from
+                     scripts/test.sh's build of the reference services)
+  --real-gpu-nodes N real nodes in the GPU pool (default 0), one nvidia.com/gpu
+                     each as an extended resource
   --crds LIST        CRD sets to install, comma-separated, from istio, keda,
                      cert-manager, all, none (default: all)
   --api-only         only kube-apiserver and etcd: objects are stored, nothing
@@ -64,6 +70,8 @@ struct UpArgs {
     simulate_metrics_api: bool,
     cpu_nodes: u32,
     gpu_nodes: u32,
+    real_cpu_nodes: u32,
+    real_gpu_nodes: u32,
     kubeconfig: Option<PathBuf>,
     info: Option<PathBuf>,
     ignore_stdin: bool,
@@ -111,6 +119,8 @@ fn parse_args() -> Result<Option<Command>, String> {
         simulate_metrics_api: false,
         cpu_nodes: 2,
         gpu_nodes: 1,
+        real_cpu_nodes: 0,
+        real_gpu_nodes: 0,
         kubeconfig: None,
         info: None,
         ignore_stdin: false,
@@ -130,6 +140,8 @@ fn parse_args() -> Result<Option<Command>, String> {
             "--namespace" | "-n" => namespace = value(&mut it, &arg)?,
             "--cpu-nodes" => up.cpu_nodes = number(&value(&mut it, &arg)?, &arg)?,
             "--gpu-nodes" => up.gpu_nodes = number(&value(&mut it, &arg)?, &arg)?,
+            "--real-cpu-nodes" => up.real_cpu_nodes = number(&value(&mut it, &arg)?, &arg)?,
+            "--real-gpu-nodes" => up.real_gpu_nodes = number(&value(&mut it, &arg)?, &arg)?,
             "--cpu" => cpu = value(&mut it, &arg)?,
             "--for" => duration = number(&value(&mut it, &arg)?, &arg)?,
             "--settle-timeout" => settle = number(&value(&mut it, &arg)?, &arg)?,
@@ -320,8 +332,8 @@ async fn up(args: UpArgs) -> AnyResult {
     let versions = Versions::pinned()?;
     let started = std::time::Instant::now();
     enum Running {
-        Full(LocalCluster),
-        ApiOnly(TestCluster),
+        Full(Box<LocalCluster>),
+        ApiOnly(Box<TestCluster>),
     }
     let running = if args.api_only {
         eprintln!(
@@ -342,15 +354,17 @@ async fn up(args: UpArgs) -> AnyResult {
         if args.simulate_metrics_api {
             cluster.simulate_metrics_api().await?;
         }
-        Running::ApiOnly(cluster)
+        Running::ApiOnly(Box::new(cluster))
     } else {
         eprintln!(
-            "meshguard-devcluster: starting Kubernetes {} (apiserver, scheduler, controller manager), etcd {}, kwok {} ({} CPU node(s), {} GPU node(s)), metrics-server {}, Prometheus {}, KEDA {}",
+            "meshguard-devcluster: starting Kubernetes {} (apiserver, scheduler, controller manager), etcd {}, kwok {} ({} CPU node(s), {} GPU node(s)), {} real CPU node(s) and {} real GPU node(s), metrics-server {}, Prometheus {}, KEDA {}",
             versions.kubernetes,
             versions.etcd,
             versions.kwok,
             args.cpu_nodes,
             args.gpu_nodes,
+            args.real_cpu_nodes,
+            args.real_gpu_nodes,
             versions.metrics_server,
             versions.prometheus_release,
             versions.keda
@@ -358,6 +372,8 @@ async fn up(args: UpArgs) -> AnyResult {
         let opts = LocalClusterOptions {
             cpu_nodes: args.cpu_nodes,
             gpu_nodes: args.gpu_nodes,
+            real_cpu_nodes: args.real_cpu_nodes,
+            real_gpu_nodes: args.real_gpu_nodes,
             crds: args.crds.clone(),
             ..LocalClusterOptions::default()
         };
@@ -366,7 +382,7 @@ async fn up(args: UpArgs) -> AnyResult {
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
         };
-        Running::Full(cluster)
+        Running::Full(Box::new(cluster))
     };
     let (own_kubeconfig, dir, prometheus) = match &running {
         Running::Full(c) => (
