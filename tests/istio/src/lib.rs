@@ -15,20 +15,6 @@ pub mod envoy;
 /// Environment variable naming the `meshguard-istio` binary (`tests/istio/build.sh` prints it).
 pub const TOOL_ENV: &str = "MESHGUARD_ISTIO_TOOL";
 
-/// Environment variable naming the `meshguard-registry` binary (the CNCF distribution registry;
-/// `tests/istio/build.sh` prints it).
-pub const REGISTRY_ENV: &str = "MESHGUARD_REGISTRY";
-
-/// The `meshguard-registry` binary.
-pub fn registry_binary() -> Result<PathBuf, ToolError> {
-    let path =
-        PathBuf::from(std::env::var_os(REGISTRY_ENV).ok_or(ToolError::RegistryNotConfigured)?);
-    if !path.is_file() {
-        return Err(ToolError::Missing(path));
-    }
-    Ok(path)
-}
-
 /// The sidecar `stats_config` Istio generates for each rendered Deployment (the output of
 /// `meshguard-istio sidecar-stats manifests/rendered/default.yaml`), kept current by this
 /// crate's `sidecar_stats_snapshot_is_what_istio_generates` test.
@@ -42,11 +28,6 @@ pub enum ToolError {
          (scripts/test.sh does this)"
     )]
     NotConfigured,
-    #[error(
-        "{REGISTRY_ENV} is not set: build the registry with `eval \"$(tests/istio/build.sh)\"` \
-         (scripts/test.sh does this)"
-    )]
-    RegistryNotConfigured,
     #[error("{0} does not exist: run `eval \"$(tests/istio/build.sh)\"`")]
     Missing(PathBuf),
     #[error("could not run {path}: {source}")]

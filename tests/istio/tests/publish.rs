@@ -21,63 +21,19 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use clap::Parser as _;
 use meshctl::publish::{
     install_flags, publish, PublishError, PublishOptions, FILTERS, SERVICES, SERVICE_USER,
 };
-use meshguard_istio_tests::{registry_binary, run_raw};
+use meshguard_istio_tests::run_raw;
 use meshguard_testcluster::containerd::Containerd;
+use meshguard_testcluster::registry::Registry;
 
 const USER: &str = "meshguard";
 const PASSWORD: &str = "publish-test-secret";
-
-/// A registry process, stopped (by pid) when dropped.
-struct Registry {
-    child: Child,
-    addr: String,
-}
-
-impl Registry {
-    fn start(root: &Path, realm: Option<&str>) -> Registry {
-        let bin = registry_binary().unwrap_or_else(|e| panic!("{e}"));
-        let mut cmd = Command::new(bin);
-        if let Some(r) = realm {
-            cmd.arg("--realm").arg(r);
-        }
-        let mut child = cmd
-            .arg("--root")
-            .arg(root)
-            .arg("--user")
-            .arg(format!("{USER}:{PASSWORD}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        // Its first line says where it listens: it is serving from then on.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!("registry did not start: {line:?}");
-        };
-        Registry {
-            addr: addr.to_owned(),
-            child,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct TempDir(PathBuf);
 
@@ -143,10 +99,11 @@ fn registry_and_options(
     let tmp = TempDir::new(tag);
     let root = tmp.0.join("registry");
     std::fs::create_dir_all(&root).unwrap();
-    let registry = Registry::start(&root, realm);
-    let config = docker_config(&tmp.0, &registry.addr, PASSWORD);
+    let registry = Registry::start(&root, Some(&format!("{USER}:{PASSWORD}")), realm)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = docker_config(&tmp.0, registry.addr(), PASSWORD);
     let opts = PublishOptions {
-        repository: format!("{}/meshguard", registry.addr),
+        repository: format!("{}/meshguard", registry.addr()),
         tag: "0.1.0".into(),
         filters_dir: filters.to_path_buf(),
         services_dir,
@@ -195,7 +152,7 @@ async fn published_modules_are_what_istios_agent_fetches_with_the_printed_sha256
         assert_eq!(p.name, name);
         assert_eq!(
             p.url,
-            format!("oci://{}/meshguard/{name}:0.1.0", registry.addr)
+            format!("oci://{}/meshguard/{name}:0.1.0", registry.addr())
         );
         let wasm = std::fs::read(filters.join(file)).unwrap();
         let out = tmp.0.join(format!("{name}.fetched.wasm"));
@@ -367,7 +324,7 @@ async fn published_services_are_valid_images_of_their_binaries() {
         assert_eq!(p.flag, None);
         assert_eq!(
             p.image(),
-            format!("{}/meshguard/{service}:0.1.0", registry.addr)
+            format!("{}/meshguard/{service}:0.1.0", registry.addr())
         );
         let unpacked = tmp.0.join(format!("{service}-rootfs"));
         let out = run_raw([

@@ -45,7 +45,9 @@ pub mod oci;
 mod pki;
 mod process;
 pub mod pulse;
+pub mod registry;
 mod simulate;
+pub mod traffic;
 
 pub use artifacts::{
     build_script, cache_root, Artifacts, LocalArtifacts, Versions, ENV_CACHE_DIR, ENV_CRDS_DIR,
