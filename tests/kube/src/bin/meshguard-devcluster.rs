@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use meshguard_testcluster::pulse::{self, PulseOptions};
+use meshguard_testcluster::pulse::{self, PulseLoad, PulseOptions};
+use meshguard_testcluster::registry::Registry;
 use meshguard_testcluster::{
     load, CrdSet, LocalCluster, LocalClusterOptions, TestCluster, TestClusterOptions, Versions,
 };
@@ -42,8 +43,12 @@ arrives; then it stops every process.
                      gpu-node (a GPU node and a CPU node as Node objects),
                      metrics-api (the metrics.k8s.io APIService, not served)
   --kubeconfig PATH  also write the admin kubeconfig to PATH (when ready)
-  --info PATH        also write the KUBECONFIG= and PROMETHEUS_URL= lines to
-                     PATH (when ready)
+  --info PATH        also write the KUBECONFIG= and PROMETHEUS_URL= lines (and
+                     REGISTRY=) to PATH (when ready)
+  --registry         also run an image registry on loopback (the distribution
+                     registry, MESHGUARD_REGISTRY from tests/istio/build.sh)
+                     that the real nodes pull from over plain HTTP; its
+                     address is printed as REGISTRY=
   --ignore-stdin     do not stop when stdin closes (for running in the
                      background with stdin on /dev/null)
 
@@ -52,10 +57,14 @@ millicores (1500m); the cluster divides it over the Deployment's running pods,
 so scaling out lowers each pod's usage. 0 ends the load. It is the annotation
 meshguard.dev/simulated-cpu on the Deployment (kubectl annotate works too).
 
-pulse puts --cpu (default 2) on order-service for --for seconds (default 90),
-then takes it off, and prints a timeline (time, load, each service's replicas
-and node pools) until every service is back where it started, at most
---settle-timeout seconds (default 600) after the load ends.
+pulse puts load on the system for --for seconds (default 90), then takes it
+off, and prints a timeline (time, load, order-service's CPU as metrics.k8s.io
+reports it, each service's replicas and node pools) until every service is back
+where it started, at most --settle-timeout seconds (default 600) after the load
+ends. The load is --rate real requests a second through user-service's
+ClusterIP (GET /users/<n>/orders: user -> order -> payment; real nodes), with
+what was answered and what failed each second, or else --cpu simulated cores
+on order-service (default 2; kwok's nodes).
 
   -h, --help         show this help
 
@@ -72,6 +81,7 @@ struct UpArgs {
     gpu_nodes: u32,
     real_cpu_nodes: u32,
     real_gpu_nodes: u32,
+    registry: bool,
     kubeconfig: Option<PathBuf>,
     info: Option<PathBuf>,
     ignore_stdin: bool,
@@ -91,7 +101,7 @@ enum Command {
     },
     Pulse {
         target: ClientArgs,
-        millis: u64,
+        load: PulseLoad,
         duration: Duration,
         settle_timeout: Duration,
     },
@@ -121,6 +131,7 @@ fn parse_args() -> Result<Option<Command>, String> {
         gpu_nodes: 1,
         real_cpu_nodes: 0,
         real_gpu_nodes: 0,
+        registry: false,
         kubeconfig: None,
         info: None,
         ignore_stdin: false,
@@ -128,6 +139,7 @@ fn parse_args() -> Result<Option<Command>, String> {
     let mut namespace = "meshguard".to_owned();
     let mut positional = Vec::new();
     let mut cpu = "2".to_owned();
+    let mut rate: Option<u32> = None;
     let mut duration = 90u32;
     let mut settle = 600u32;
     while let Some(arg) = it.next() {
@@ -143,6 +155,8 @@ fn parse_args() -> Result<Option<Command>, String> {
             "--real-cpu-nodes" => up.real_cpu_nodes = number(&value(&mut it, &arg)?, &arg)?,
             "--real-gpu-nodes" => up.real_gpu_nodes = number(&value(&mut it, &arg)?, &arg)?,
             "--cpu" => cpu = value(&mut it, &arg)?,
+            "--rate" => rate = Some(number(&value(&mut it, &arg)?, &arg)?),
+            "--registry" => up.registry = true,
             "--for" => duration = number(&value(&mut it, &arg)?, &arg)?,
             "--settle-timeout" => settle = number(&value(&mut it, &arg)?, &arg)?,
             "--simulate" => {
@@ -180,9 +194,18 @@ fn parse_args() -> Result<Option<Command>, String> {
             if !positional.is_empty() {
                 return Err(format!("unexpected arguments {positional:?}"));
             }
+            let load = match rate {
+                Some(rate) => PulseLoad::Requests {
+                    rate,
+                    service: "user-service".to_owned(),
+                    port: 5000,
+                    path: "/users/{n}/orders".to_owned(),
+                },
+                None => PulseLoad::SimulatedCpu(load::parse_load(&cpu)?),
+            };
             Ok(Some(Command::Pulse {
                 target: target(up.kubeconfig)?,
-                millis: load::parse_load(&cpu)?,
+                load,
                 duration: Duration::from_secs(duration.into()),
                 settle_timeout: Duration::from_secs(settle.into()),
             }))
@@ -242,10 +265,10 @@ async fn main() -> ExitCode {
         } => set_load(&target, &deployment, millis).await,
         Command::Pulse {
             target,
-            millis,
+            load,
             duration,
             settle_timeout,
-        } => run_pulse(&target, millis, duration, settle_timeout).await,
+        } => run_pulse(&target, load, duration, settle_timeout).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -278,7 +301,7 @@ async fn set_load(target: &ClientArgs, deployment: &str, millis: u64) -> AnyResu
 
 async fn run_pulse(
     target: &ClientArgs,
-    millis: u64,
+    load: PulseLoad,
     duration: Duration,
     settle_timeout: Duration,
 ) -> AnyResult {
@@ -289,10 +312,13 @@ async fn run_pulse(
         services: ["order-service", "user-service", "payment-service"]
             .map(str::to_owned)
             .to_vec(),
-        millis,
+        heartbeat: Duration::from_secs(match load {
+            PulseLoad::Requests { .. } => 5,
+            PulseLoad::SimulatedCpu(_) => 15,
+        }),
+        load,
         duration,
         settle_timeout,
-        heartbeat: Duration::from_secs(15),
     };
     let m = pulse::run(&client, &opts, |line| println!("{line}")).await?;
     let secs = |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("+{}s", d.as_secs()));
@@ -312,6 +338,21 @@ async fn run_pulse(
         secs(m.load_end),
         secs(m.settled)
     );
+    if let Some(stats) = &m.requests {
+        println!(
+            "requests: {} answered, {} failed{}",
+            stats.ok,
+            stats.failed,
+            stats
+                .errors
+                .first()
+                .map(|(s, e)| format!(" (first at +{s}s: {e})"))
+                .unwrap_or_default()
+        );
+        if stats.failed > 0 {
+            return Err(format!("{} requests failed", stats.failed).into());
+        }
+    }
     Ok(())
 }
 
@@ -407,6 +448,17 @@ async fn up(args: UpArgs) -> AnyResult {
     if let Some(url) = &prometheus {
         info.push_str(&format!("PROMETHEUS_URL={url}\n"));
     }
+    // The registry lives as long as the cluster (dropped with it at the end of `up`).
+    let registry = match (&running, args.registry) {
+        (Running::Full(c), true) => {
+            let registry = Registry::start(&dir.join("registry"), None, None)?;
+            c.trust_plain_http_registry(registry.addr())?;
+            info.push_str(&format!("REGISTRY={}\n", registry.addr()));
+            Some(registry)
+        }
+        (Running::ApiOnly(_), true) => return Err("--registry goes with the full cluster".into()),
+        (_, false) => None,
+    };
     if let Some(path) = &args.info {
         let tmp = path.with_extension("meshguard-devcluster.tmp");
         std::fs::write(&tmp, &info)?;
@@ -420,7 +472,11 @@ async fn up(args: UpArgs) -> AnyResult {
         prometheus
             .as_ref()
             .map(|u| format!("\n  Prometheus: {u} (pass it to meshctl install --prometheus-address)"))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            + &registry
+                .as_ref()
+                .map(|r| format!("\n  Registry: {} (meshctl publish --repository {}/meshguard --plain-http --services)", r.addr(), r.addr()))
+                .unwrap_or_default(),
         if args.ignore_stdin { "" } else { " or by closing stdin" },
     );
     print!("{info}");
@@ -434,6 +490,7 @@ async fn up(args: UpArgs) -> AnyResult {
     for path in [&args.kubeconfig, &args.info].into_iter().flatten() {
         let _ = std::fs::remove_file(path);
     }
+    drop(registry);
     match running {
         Running::Full(c) => c.stop()?,
         Running::ApiOnly(c) => c.stop()?,
