@@ -27,6 +27,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use meshguard_testcluster::registry::Registry;
 use meshguard_testcluster::traffic::{self, Traffic};
+use meshguard_testcluster::wait::until as wait_for;
 use meshguard_testcluster::{LocalCluster, LocalClusterOptions};
 
 type BoxError = Box<dyn std::error::Error>;
@@ -40,7 +41,6 @@ const SERVICES: [&str; 3] = [USER, ORDER, PAYMENT];
 /// a millisecond to a third of one per request), twice its HPA's target with one pod and five
 /// times KEDA's threshold.
 const RATE: u32 = 60;
-const POLL: Duration = Duration::from_millis(500);
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -51,25 +51,6 @@ fn dir_from_env(var: &str, default: &str) -> String {
         .map_or_else(|| workspace().join(default), PathBuf::from)
         .display()
         .to_string()
-}
-
-async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T, BoxError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Result<T, String>, BoxError>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match check().await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e,
-            Err(e) => format!("request failed: {e}"),
-        };
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: not within {within:?}; last: {last}").into());
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// `(spec.replicas, readyReplicas)` of each service's Deployment.
@@ -135,14 +116,7 @@ fn assert_placement(placed: &[(String, String)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_requests_scale_order_service_and_user_service_on_real_nodes_and_back() -> TestResult {
-    let cluster = LocalCluster::start(LocalClusterOptions {
-        cpu_nodes: 0,
-        gpu_nodes: 0,
-        real_cpu_nodes: 1,
-        real_gpu_nodes: 1,
-        ..LocalClusterOptions::default()
-    })
-    .await?;
+    let cluster = LocalCluster::start(LocalClusterOptions::real_nodes_only(1, 1)).await?;
     let dir = tempfile::tempdir()?;
     let registry = Registry::start(&dir.path().join("registry"), None, None)?;
     cluster.trust_plain_http_registry(registry.addr())?;

@@ -18,7 +18,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::{meshctl_on, TestResult, AUTHZ_MODULE, METRICS_MODULE};
@@ -28,6 +27,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
+use meshguard_testcluster::wait::until as wait_for;
 use meshguard_testcluster::{LocalCluster, LocalClusterOptions, CPU_POOL, GPU_POOL};
 use serde_json::json;
 
@@ -38,29 +38,6 @@ const ORDER: &str = "order-service";
 const USER: &str = "user-service";
 const PAYMENT: &str = "payment-service";
 const SERVICES: [&str; 3] = [USER, ORDER, PAYMENT];
-const POLL: Duration = Duration::from_millis(500);
-
-/// Polls `check` until it returns `Ok(Ok(value))`; fails with `what` and the last observation
-/// otherwise. A failed request (`Err`) is an observation too, retried until the deadline: a
-/// connection the API server drops under load must not fail a test that would pass a poll later.
-async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T, BoxError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Result<T, String>, BoxError>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match check().await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(observed)) => observed,
-            Err(error) => format!("request failed: {error}"),
-        };
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: not reached within {within:?}; last seen: {last}").into());
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 async fn install_on(cluster: &LocalCluster, extra: &[&str]) -> Result<(), BoxError> {
     let prometheus = cluster.prometheus_url().to_owned();

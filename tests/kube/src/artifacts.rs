@@ -202,24 +202,32 @@ pub struct LocalArtifacts {
     pub keda_adapter: PathBuf,
 }
 
+/// A built component: `$<env>` (as `build-cluster-bins.sh` prints it), else `file` in the
+/// versioned cache folder `dir` (an empty `file` names the folder itself, as for the CNI
+/// plugins). It must exist.
+fn find_built(what: &str, env: &str, dir: String, file: &str) -> Result<PathBuf> {
+    let (path, origin) = pick(None, env, || {
+        let dir = cache_root()?.join(dir);
+        Ok(if file.is_empty() { dir } else { dir.join(file) })
+    })?;
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::MissingArtifact {
+            what: what.to_owned(),
+            path,
+            source_of_path: origin,
+            script: build_script(),
+        })
+    }
+}
+
 impl LocalArtifacts {
     /// Locates every component: `$MESHGUARD_<NAME>` (as `build-cluster-bins.sh`
     /// prints them), else the versioned path in the cache. Each must exist.
     pub fn locate() -> Result<Self> {
         let v = Versions::pinned()?;
-        let find = |what: &str, env: &str, dir: String, file: &str| -> Result<PathBuf> {
-            let (path, origin) = pick(None, env, || Ok(cache_root()?.join(dir).join(file)))?;
-            if path.exists() {
-                Ok(path)
-            } else {
-                Err(Error::MissingArtifact {
-                    what: what.to_owned(),
-                    path,
-                    source_of_path: origin,
-                    script: build_script(),
-                })
-            }
-        };
+        let find = find_built;
         let k8s = &v.kubernetes;
         Ok(Self {
             kube_scheduler: find(
@@ -289,23 +297,7 @@ impl NodeArtifacts {
     /// prints them), else the versioned path in the cache. Each must exist.
     pub fn locate() -> Result<Self> {
         let v = Versions::pinned()?;
-        // An empty `file` names the cache directory itself (the CNI plugins).
-        let find = |what: &str, env: &str, dir: String, file: &str| -> Result<PathBuf> {
-            let (path, origin) = pick(None, env, || {
-                let dir = cache_root()?.join(dir);
-                Ok(if file.is_empty() { dir } else { dir.join(file) })
-            })?;
-            if path.exists() {
-                Ok(path)
-            } else {
-                Err(Error::MissingArtifact {
-                    what: what.to_owned(),
-                    path,
-                    source_of_path: origin,
-                    script: build_script(),
-                })
-            }
-        };
+        let find = find_built;
         let k8s = &v.kubernetes;
         Ok(Self {
             kubelet: find("kubelet", ENV_KUBELET, format!("kubelet-{k8s}"), "kubelet")?,

@@ -96,19 +96,25 @@ pub struct Containerd {
     mount_ns: Option<u64>,
 }
 
-/// The path of `program` on `PATH`.
-fn find(program: &str) -> Result<PathBuf> {
+/// The path of `program` on `PATH` (or in `/usr/sbin`, `/sbin`), or an error naming the Debian
+/// package(s) it comes from.
+pub(crate) fn find_program(program: &str, package: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
         .map(|d| d.join(program))
         .find(|p| p.is_file())
         .ok_or_else(|| Error::MissingArtifact {
-            what: format!("{program} (Debian's containerd and runc packages)"),
+            what: format!("{program} (Debian's {package})"),
             path: PathBuf::from(program),
             source_of_path: "PATH".into(),
             script: PathBuf::from("scripts/test.sh"),
         })
+}
+
+/// One of the runtime's programs.
+fn find(program: &str) -> Result<PathBuf> {
+    find_program(program, "containerd and runc packages")
 }
 
 impl Containerd {
@@ -161,7 +167,7 @@ impl Containerd {
             )?,
             Some(_) => Supervised::spawn(
                 "containerd",
-                &find("unshare")?,
+                &find_program("unshare", "util-linux package")?,
                 vec![
                     "--mount".into(),
                     "--propagation".into(),

@@ -48,6 +48,7 @@ pub mod pulse;
 pub mod registry;
 mod simulate;
 pub mod traffic;
+pub mod wait;
 
 pub use artifacts::{
     build_script, cache_root, Artifacts, LocalArtifacts, Versions, ENV_CACHE_DIR, ENV_CRDS_DIR,

@@ -91,6 +91,20 @@ impl Default for LocalClusterOptions {
     }
 }
 
+impl LocalClusterOptions {
+    /// Only real nodes: `cpu` in the CPU pool and `gpu` in the GPU pool, no kwok nodes (whose
+    /// pods would take a share of every Service's requests and answer none).
+    pub fn real_nodes_only(cpu: u32, gpu: u32) -> Self {
+        Self {
+            cpu_nodes: 0,
+            gpu_nodes: 0,
+            real_cpu_nodes: cpu,
+            real_gpu_nodes: gpu,
+            ..Self::default()
+        }
+    }
+}
+
 /// A running local cluster. Dropping it stops every component (the last
 /// started first), then the API server and etcd, and removes its directory.
 #[derive(Debug)]
@@ -559,17 +573,8 @@ impl LocalCluster {
     ) -> Result<()> {
         let timeout = opts.startup_timeout;
         for (component, port, path) in real.health_endpoints().iter().copied() {
-            self.wait_for(component, path, deadline, timeout, || async move {
-                let response = http_get_loopback(port, path)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200") {
-                    Ok(())
-                } else {
-                    Err(response.lines().next().unwrap_or_default().to_owned())
-                }
-            })
-            .await?;
+            self.wait_for(component, path, deadline, timeout, || http_ok(port, path))
+                .await?;
         }
         let infos = real.infos();
         self.wait_for(
@@ -712,22 +717,9 @@ impl LocalCluster {
             )
             .await?;
         }
-        self.wait_for(
-            "keda-operator",
-            "/readyz",
-            deadline,
-            timeout,
-            || async move {
-                let response = http_get_loopback(keda_probe, "/readyz")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
-                    Ok(())
-                } else {
-                    Err(response.lines().next().unwrap_or_default().to_owned())
-                }
-            },
-        )
+        self.wait_for("keda-operator", "/readyz", deadline, timeout, || {
+            http_ok(keda_probe, "/readyz")
+        })
         .await?;
         let port = self.prometheus_port();
         self.wait_for(
@@ -1064,6 +1056,18 @@ scrape_configs:
       ca_file: {ca}
 "
     )
+}
+
+/// `Ok` when `GET path` on loopback `port` answers 200, else its status line.
+async fn http_ok(port: u16, path: &str) -> std::result::Result<(), String> {
+    let response = http_get_loopback(port, path)
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(response.lines().next().unwrap_or_default().to_owned())
+    }
 }
 
 /// Prometheus' job for the real nodes' kubelets: cAdvisor's container metrics

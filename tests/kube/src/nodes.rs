@@ -38,7 +38,7 @@ use serde_json::json;
 
 use crate::artifacts::NodeArtifacts;
 use crate::cluster::{arg, free_ports};
-use crate::containerd::{self, Containerd, CriSettings};
+use crate::containerd::{self, find_program, Containerd, CriSettings};
 use crate::error::{Error, Result};
 use crate::local::{CPU_POOL, GPU_POOL};
 use crate::oci;
@@ -273,21 +273,6 @@ fn pause_binary() -> Result<PathBuf> {
     }
 }
 
-/// The program `name` on `PATH` (or `/usr/sbin`, `/sbin`), or an error naming its package.
-fn find_program(name: &str, package: &str) -> Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::MissingArtifact {
-            what: format!("{name} (Debian's {package} package)"),
-            path: PathBuf::from(name),
-            source_of_path: "PATH".into(),
-            script: PathBuf::from("scripts/test.sh"),
-        })
-}
-
 /// The cgroup hierarchies mounted under `/sys/fs/cgroup` (cgroup v1: one per controller set).
 fn cgroup_hierarchies() -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
@@ -369,9 +354,9 @@ impl RealNodes {
         bins: &NodeArtifacts,
         specs: &[RealNodeSpec],
     ) -> Result<RealNodes> {
-        let nft = find_program("nft", "nftables")?;
-        let ip = find_program("ip", "iproute2")?;
-        let nsenter = find_program("nsenter", "util-linux")?;
+        let nft = find_program("nft", "nftables package")?;
+        let ip = find_program("ip", "iproute2 package")?;
+        let nsenter = find_program("nsenter", "util-linux package")?;
         let pause = pause_binary()?;
         let lock_path = std::env::temp_dir().join(LOCK);
         let lock = File::create(&lock_path)

@@ -2,12 +2,13 @@
 //! divided over the running pods and reaches metrics-server and Prometheus, and stopping the
 //! cluster stops every process it started.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use meshguard_testcluster::load::KWOK_CPU_ANNOTATION;
+use meshguard_testcluster::wait::until as wait_for;
 use meshguard_testcluster::{LocalCluster, LocalClusterOptions};
 use serde_json::json;
 
@@ -19,30 +20,6 @@ fn alive(pid: u32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
-}
-
-async fn wait_for<T, F, Fut>(
-    what: &str,
-    within: Duration,
-    mut check: F,
-) -> Result<T, Box<dyn std::error::Error>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Result<T, String>, Box<dyn std::error::Error>>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        // A failed request is retried like an unmet condition, until the deadline.
-        let last = match check().await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e,
-            Err(e) => format!("request failed: {e}"),
-        };
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: not within {within:?}; last: {last}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 async fn shares(pods: &Api<Pod>) -> Result<Vec<String>, Box<dyn std::error::Error>> {

@@ -15,6 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
+use meshguard_testcluster::wait::until as wait_for;
 use meshguard_testcluster::{oci, LocalCluster, LocalClusterOptions};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,29 +90,6 @@ fn objects(service: &str, gpu: bool) -> Result<(Deployment, Service), serde_json
     Ok((deployment, svc))
 }
 
-async fn wait_for<T, F, Fut>(
-    what: &str,
-    within: Duration,
-    mut check: F,
-) -> Result<T, Box<dyn std::error::Error>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Result<T, String>, Box<dyn std::error::Error>>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match check().await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e,
-            Err(e) => format!("request failed: {e}"),
-        };
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: not within {within:?}; last: {last}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 /// One HTTP/1.1 GET to `addr` (`IP:PORT`): the status and the body.
 async fn get(addr: &str, path: &str) -> Result<(u16, String), Box<dyn std::error::Error>> {
     let mut stream =
@@ -134,14 +112,7 @@ async fn get(addr: &str, path: &str) -> Result<(u16, String), Box<dyn std::error
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_nodes_run_the_reference_services_end_to_end_and_leave_nothing_behind() -> TestResult {
     let started = Instant::now();
-    let cluster = LocalCluster::start(LocalClusterOptions {
-        cpu_nodes: 0,
-        gpu_nodes: 0,
-        real_cpu_nodes: 1,
-        real_gpu_nodes: 1,
-        ..LocalClusterOptions::default()
-    })
-    .await?;
+    let cluster = LocalCluster::start(LocalClusterOptions::real_nodes_only(1, 1)).await?;
     println!("cluster with real nodes Ready in {:?}", started.elapsed());
     let footprint = cluster
         .real_nodes_footprint()
