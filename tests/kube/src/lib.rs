@@ -38,6 +38,8 @@ mod cluster;
 pub mod containerd;
 mod crds;
 mod error;
+pub mod forward;
+pub mod istio;
 pub mod load;
 mod local;
 pub mod nodes;

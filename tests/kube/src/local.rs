@@ -13,6 +13,7 @@
 //! setting (see [`crate::load`]).
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -274,6 +275,16 @@ impl LocalCluster {
             stopped: false,
         };
         let kubeconfig = base.kubeconfig_path().to_path_buf();
+        let api_server: SocketAddr = base
+            .server_url()
+            .trim_start_matches("https://")
+            .parse()
+            .map_err(|e| {
+                Error::io(
+                    format!("API server URL {}", base.server_url()),
+                    std::io::Error::other(e),
+                )
+            })?;
         let sa_key = base.dir().join("sa.key");
         let root_ca = root.join("pki").join("apiserver-ca.crt");
         write(&root_ca, base.ca_pem())?;
@@ -337,6 +348,7 @@ impl LocalCluster {
                     kubeconfig: &kubeconfig,
                     client_ca: &pki.ca,
                     serving: &pki.kubelets,
+                    api_server,
                 },
                 node_bins,
                 &real_specs,
@@ -344,8 +356,12 @@ impl LocalCluster {
             cluster
                 .nodes
                 .extend(real.infos().into_iter().map(|n| n.name));
+            let api_endpoint = real.api_endpoint();
             cluster.real = Some(real);
             apply_cluster_dns(&client, &real_ips).await?;
+            if let Some(endpoint) = api_endpoint {
+                apply_api_endpoint(&client, endpoint).await?;
+            }
         }
 
         // The node pools, registered before kwok takes them over so that kwok
@@ -1151,6 +1167,29 @@ async fn apply_cluster_dns(client: &Client, real_ips: &[(String, String)]) -> Re
                 {"name": "dns", "port": 53, "protocol": "UDP"},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
             ],
+        }),
+    )
+    .await
+}
+
+/// The `kubernetes` Service's endpoint, which the API server's own reconciler would set to its
+/// loopback address (and endpoint validation refuses): the forwarder pods reach it through. The
+/// API server's self-signed certificate names the Service's ClusterIP and
+/// `kubernetes.default.svc` (kube-apiserver's `MaybeDefaultWithSelfSignedCerts` call in
+/// `cmd/kube-apiserver/app/options/completion.go`), so in-cluster clients verify it.
+async fn apply_api_endpoint(client: &Client, endpoint: SocketAddr) -> Result<()> {
+    apply(
+        client,
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes-local", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "kubernetes",
+                                    "endpointslice.kubernetes.io/managed-by": LOCAL_MANAGER}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": endpoint.port(), "protocol": "TCP"}],
         }),
     )
     .await

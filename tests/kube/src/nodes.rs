@@ -28,6 +28,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -40,6 +41,7 @@ use crate::artifacts::NodeArtifacts;
 use crate::cluster::{arg, free_ports};
 use crate::containerd::{self, find_program, Containerd, CriSettings};
 use crate::error::{Error, Result};
+use crate::forward::Forwarder;
 use crate::local::{CPU_POOL, GPU_POOL};
 use crate::oci;
 use crate::process::Supervised;
@@ -175,6 +177,7 @@ pub(crate) struct RealNodes {
     nodes: Vec<RealNode>,
     kube_proxy: Option<Supervised>,
     coredns: Option<Supervised>,
+    api_forward: Option<Forwarder>,
     cgroups: Vec<PathBuf>,
     bridges: Vec<String>,
     ip_forward_before: String,
@@ -194,6 +197,8 @@ pub(crate) struct NodeContext<'a> {
     pub client_ca: &'a Path,
     /// Each node's serving certificate and key, by node name.
     pub serving: &'a [(String, PathBuf, PathBuf)],
+    /// The API server's loopback address, which pods reach through a [`Forwarder`].
+    pub api_server: SocketAddr,
 }
 
 /// The address of node `index`.
@@ -378,6 +383,7 @@ impl RealNodes {
             nodes: Vec::new(),
             kube_proxy: None,
             coredns: None,
+            api_forward: None,
             cgroups: Vec::new(),
             bridges: Vec::new(),
             ip_forward_before: read_ip_forward(),
@@ -421,6 +427,18 @@ impl RealNodes {
         if let Some(first) = nodes.nodes.first().map(|n| n.info.clone()) {
             nodes.start_kube_proxy(ctx, bins, &first, &nft)?;
             nodes.start_coredns(ctx, bins, &first)?;
+            // Pods (istiod, operators) reach the API server as in any cluster: the `kubernetes`
+            // Service's ClusterIP, whose endpoint is this forwarder on the first node's address.
+            let ip = first.ip.parse::<IpAddr>().map_err(|e| {
+                Error::io(
+                    format!("node address {} is not an IP", first.ip),
+                    std::io::Error::other(e),
+                )
+            })?;
+            nodes.api_forward = Some(Forwarder::start(
+                SocketAddr::new(ip, ctx.api_server.port()),
+                ctx.api_server,
+            )?);
         }
         Ok(nodes)
     }
@@ -682,6 +700,11 @@ conntrack: {{maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeo
         Ok(())
     }
 
+    /// Where pods reach the API server (the `kubernetes` Service's endpoint).
+    pub(crate) fn api_endpoint(&self) -> Option<SocketAddr> {
+        self.api_forward.as_ref().map(Forwarder::address)
+    }
+
     /// The nodes.
     pub(crate) fn infos(&self) -> Vec<RealNodeInfo> {
         self.nodes.iter().map(|n| n.info.clone()).collect()
@@ -778,6 +801,9 @@ conntrack: {{maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeo
         // Each runtime kills its containers, stops, and empties its mount namespace.
         for node in &mut self.nodes {
             drop(node.runtime.take());
+        }
+        if let Some(mut forward) = self.api_forward.take() {
+            forward.stop();
         }
         for mut p in [self.kube_proxy.take(), self.coredns.take()]
             .into_iter()

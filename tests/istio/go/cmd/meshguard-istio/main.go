@@ -119,6 +119,8 @@ func main() {
 		err = cmdImageInspect(os.Args[2:])
 	case "fetch":
 		err = cmdFetch(os.Args[2:])
+	case "image-push":
+		err = cmdImagePush(os.Args[2:])
 	default:
 		usage()
 	}
@@ -129,7 +131,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | sidecar-bootstrap [--template PATH] FILE | sidecar-ecds [--module URL=PATH]... FILE | validate FILE | fetch [--insecure] [--pull-secret FILE] URL SHA256 OUT | image-inspect [--insecure] [--basic USER:PASSWORD] REF OUT")
+	fmt.Fprintln(os.Stderr, "usage: meshguard-istio inject [--cni] FILE | injector-configmap [--cni] | sidecar-stats [--template PATH] FILE | sidecar-bootstrap [--template PATH] FILE | sidecar-ecds [--module URL=PATH]... FILE | validate FILE | fetch [--insecure] [--pull-secret FILE] URL SHA256 OUT | image-inspect [--insecure] [--basic USER:PASSWORD] REF OUT | image-push [--insecure] [--file DEST=SRC]... [--dir DEST]... [--symlink DEST=TARGET]... [--entrypoint ARG]... [--env K=V]... [--user U] [--workdir W] REF")
 	os.Exit(2)
 }
 
