@@ -16,10 +16,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{meshctl, meshctl_on, TestResult};
+use common::{meshctl_on, publish_for_install, workspace, TestResult};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DynamicObject, ListParams};
@@ -41,17 +40,6 @@ const SERVICES: [&str; 3] = [USER, ORDER, PAYMENT];
 /// a millisecond to a third of one per request), twice its HPA's target with one pod and five
 /// times KEDA's threshold.
 const RATE: u32 = 60;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn dir_from_env(var: &str, default: &str) -> String {
-    std::env::var_os(var)
-        .map_or_else(|| workspace().join(default), PathBuf::from)
-        .display()
-        .to_string()
-}
 
 /// `(spec.replicas, readyReplicas)` of each service's Deployment.
 async fn replicas(client: &Client) -> Result<Vec<(i32, i32)>, BoxError> {
@@ -136,38 +124,9 @@ async fn real_requests_scale_order_service_and_user_service_on_real_nodes_and_ba
 }
 
 async fn run(cluster: &LocalCluster, registry: &str) -> TestResult {
-    // The images, pushed as a user would.
-    let repository = format!("{registry}/meshguard");
-    let filters = dir_from_env("MESHGUARD_FILTERS_DIR", "target/filters/wasm32-wasip1/wasm");
-    let services = dir_from_env(
-        "MESHGUARD_SERVICES_DIR",
-        "target/services/x86_64-unknown-linux-musl/services",
-    );
-    let publish = meshctl(&[
-        "publish",
-        "--repository",
-        &repository,
-        "--tag",
-        "system-test",
-        "--filters-dir",
-        &filters,
-        "--services",
-        "--services-dir",
-        &services,
-        "--plain-http",
-    ])
-    .await;
-    assert_eq!(publish.code, Some(0), "{}", publish.dump());
-    // The flags it prints for install: the modules with their sha256, the images' registry.
-    let flags_line = publish
-        .stdout
-        .lines()
-        .find(|l| l.contains("--image-registry"))
-        .ok_or_else(|| format!("publish printed no install flags: {}", publish.dump()))?;
-    let flags: Vec<&str> = flags_line
-        .split_whitespace()
-        .skip_while(|w| !w.starts_with("--"))
-        .collect();
+    // The images, pushed as a user would; the flags it prints for install: the modules with
+    // their sha256, the images' registry.
+    let flags = publish_for_install(&format!("{registry}/meshguard"), "system-test").await?;
     let mesh = workspace().join("docs/examples/real-nodes.yaml");
     let mesh = mesh.display().to_string();
     let prometheus = cluster.prometheus_url().to_owned();
@@ -178,7 +137,7 @@ async fn run(cluster: &LocalCluster, registry: &str) -> TestResult {
         prometheus.as_str(),
         "--fast-scale-down",
     ];
-    args.extend(flags.iter().copied());
+    args.extend(flags.iter().map(String::as_str));
     let installed = Instant::now();
     let install = meshctl_on(cluster.api()?, "install", &args).await;
     assert_eq!(install.code, Some(0), "{}", install.dump());

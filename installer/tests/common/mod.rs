@@ -158,3 +158,62 @@ pub fn changed<V: PartialEq>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -
         .map(|(k, _)| k.clone())
         .collect()
 }
+
+/// The workspace's root.
+pub fn workspace() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The folder `var` names, else `default` under the workspace.
+pub fn dir_from_env(var: &str, default: &str) -> std::path::PathBuf {
+    std::env::var_os(var).map_or_else(|| workspace().join(default), std::path::PathBuf::from)
+}
+
+/// The reference services' static binaries (`MESHGUARD_SERVICES_DIR`, built by scripts/test.sh).
+pub fn services_dir() -> std::path::PathBuf {
+    dir_from_env(
+        "MESHGUARD_SERVICES_DIR",
+        "target/services/x86_64-unknown-linux-musl/services",
+    )
+}
+
+/// `meshctl publish --services` of both filters and the reference services to `repository`
+/// (plain HTTP) as `tag`, as a user runs it; the `meshctl install` flags it prints (each
+/// module's URL and sha256, and `--image-registry`).
+pub async fn publish_for_install(
+    repository: &str,
+    tag: &str,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let filters = dir_from_env("MESHGUARD_FILTERS_DIR", "target/filters/wasm32-wasip1/wasm");
+    let (filters, services) = (
+        filters.display().to_string(),
+        services_dir().display().to_string(),
+    );
+    let publish = meshctl(&[
+        "publish",
+        "--repository",
+        repository,
+        "--tag",
+        tag,
+        "--filters-dir",
+        &filters,
+        "--services",
+        "--services-dir",
+        &services,
+        "--plain-http",
+    ])
+    .await;
+    if publish.code != Some(0) {
+        return Err(format!("meshctl publish failed: {}", publish.dump()).into());
+    }
+    let line = publish
+        .stdout
+        .lines()
+        .find(|l| l.contains("--image-registry"))
+        .ok_or_else(|| format!("publish printed no install flags: {}", publish.dump()))?;
+    Ok(line
+        .split_whitespace()
+        .skip_while(|w| !w.starts_with("--"))
+        .map(str::to_owned)
+        .collect())
+}

@@ -15,6 +15,9 @@ use std::thread::JoinHandle;
 
 use crate::{Error, Result};
 
+/// How often the acceptor looks for a connection, and for the stop flag.
+const ACCEPT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A running forwarder; dropping it stops it.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -63,8 +66,8 @@ impl Forwarder {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Wakes the acceptor, which then sees the flag and returns.
-        let _ = TcpStream::connect(self.listen);
+        // The acceptor polls the flag (its listener does not block): a wake-up connection could
+        // hang once the listening address is gone, as a node's bridge address is after its stop.
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -88,11 +91,21 @@ fn accept_loop(
     stopping: &AtomicBool,
     open: &Mutex<Vec<TcpStream>>,
 ) {
-    for incoming in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            return;
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    while !stopping.load(Ordering::SeqCst) {
+        let client = match listener.accept() {
+            Ok((client, _)) => client,
+            Err(_) => {
+                // Nothing to accept (or a failed accept): look again shortly.
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
+        };
+        if client.set_nonblocking(false).is_err() {
+            continue;
         }
-        let Ok(client) = incoming else { continue };
         let Ok(upstream) = TcpStream::connect(target) else {
             let _ = client.shutdown(Shutdown::Both);
             continue;

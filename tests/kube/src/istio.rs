@@ -243,7 +243,10 @@ impl IstioArtifacts {
         })
     }
 
-    fn image_push(&self, mut args: Vec<String>, reference: &str) -> Result<String> {
+    /// `meshguard-istio image-push --insecure ARGS REFERENCE`: an image of one layer from files
+    /// on this machine (`--file=DEST=SRC`, `--dir=DEST`, `--entrypoint=ARG`, `--env=K=V`,
+    /// `--user=U`, `--workdir=W`), pushed over plain HTTP. The manifest's `sha256:…`.
+    pub fn image_push(&self, mut args: Vec<String>, reference: &str) -> Result<String> {
         args.insert(0, "image-push".to_owned());
         args.insert(1, "--insecure".to_owned());
         args.push(reference.to_owned());

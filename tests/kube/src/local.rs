@@ -123,10 +123,15 @@ pub struct LocalCluster {
     stopped: bool,
 }
 
+/// The user the API server is to the kubelets.
+const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
 /// The component certificates, all signed by one CA.
 struct Pki {
     ca: PathBuf,
     front_proxy: (PathBuf, PathBuf),
+    /// The API server's client certificate for the kubelets (logs, exec).
+    kubelet_client: (PathBuf, PathBuf),
     metrics_server: (PathBuf, PathBuf),
     kwok: (PathBuf, PathBuf),
     /// Each real node's kubelet serving certificate: (node, certificate, key).
@@ -156,6 +161,7 @@ impl Pki {
             Ok((cert, key))
         };
         let front_proxy = pair("front-proxy-client", "front-proxy-client", &[])?;
+        let kubelet_client = pair("apiserver-kubelet-client", KUBELET_CLIENT_USER, &[])?;
         let metrics_server = pair(
             "metrics-server",
             "metrics-server",
@@ -185,6 +191,7 @@ impl Pki {
         Ok(Self {
             ca: ca_path,
             front_proxy,
+            kubelet_client,
             metrics_server,
             kwok,
             kubelets,
@@ -257,6 +264,13 @@ impl LocalCluster {
                 format!("--proxy-client-key-file={}", pki.front_proxy.1.display()),
                 // Reach the aggregated APIs through their Services (ExternalName localhost).
                 "--enable-aggregator-routing=false".to_owned(),
+                // Pods' logs: the kubelets at their node address, as a user RBAC lets in.
+                format!(
+                    "--kubelet-client-certificate={}",
+                    pki.kubelet_client.0.display()
+                ),
+                format!("--kubelet-client-key={}", pki.kubelet_client.1.display()),
+                "--kubelet-preferred-address-types=InternalIP,Hostname".to_owned(),
             ],
             ..TestClusterOptions::default()
         };
@@ -298,6 +312,22 @@ impl LocalCluster {
             "v1",
             "Namespace",
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NAMESPACE}}),
+        )
+        .await?;
+        // The kubelets authorize the API server's requests (logs) with RBAC, as kubeadm sets it
+        // up: its client user bound to the built-in `system:kubelet-api-admin`.
+        apply(
+            &client,
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "meshguard-apiserver-kubelet-client"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "system:kubelet-api-admin"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                              "name": KUBELET_CLIENT_USER}],
+            }),
         )
         .await?;
 

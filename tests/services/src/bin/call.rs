@@ -1,0 +1,192 @@
+//! call: a one-shot HTTP client for pods in the mesh. It sends one or more requests, prints one
+//! JSON line per answer on stdout (`status`, the `x-meshguard-deny-reason` header as `reason`,
+//! `grpc_status` from the headers or trailers, and up to 512 bytes of `body`; `error` when no
+//! answer came) and exits 0 if every request was answered, whatever the status, 1 if not, 2 on
+//! bad arguments. Tests run it as a pod's command and read its log: its requests leave through
+//! the pod's sidecar, under the pod's service account.
+//!
+//! ```text
+//! call [--count N] [--header NAME:VALUE]... URL          GET over HTTP/1.1
+//! call --grpc [--count N] URL                            a unary gRPC call (HTTP/2 without TLS,
+//!                                                        an empty message) to URL's path
+//! ```
+
+use std::process::ExitCode;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+/// What the command line asks for.
+#[derive(Debug, Default)]
+struct Args {
+    grpc: bool,
+    count: u32,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    url: Option<Uri>,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut out = Args {
+        count: 1,
+        ..Args::default()
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--grpc" => out.grpc = true,
+            "--count" => {
+                let n = args.next().ok_or("--count wants a number")?;
+                out.count = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or(format!("--count: {n:?} is not a positive number"))?;
+            }
+            "--header" => {
+                let h = args.next().ok_or("--header wants NAME:VALUE")?;
+                let (name, value) = h
+                    .split_once(':')
+                    .ok_or(format!("--header: {h:?} is not NAME:VALUE"))?;
+                let name = HeaderName::from_bytes(name.trim().as_bytes())
+                    .map_err(|e| format!("--header {h:?}: {e}"))?;
+                let value = HeaderValue::from_str(value.trim())
+                    .map_err(|e| format!("--header {h:?}: {e}"))?;
+                out.headers.push((name, value));
+            }
+            url if out.url.is_none() && !url.starts_with("--") => {
+                out.url = Some(url.parse().map_err(|e| format!("URL {url:?}: {e}"))?);
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    if out.url.is_none() {
+        return Err("no URL".into());
+    }
+    Ok(out)
+}
+
+/// One request's outcome as the JSON line printed for it.
+async fn one(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    args: &Args,
+    url: &Uri,
+) -> (bool, serde_json::Value) {
+    let mut builder = Request::builder().uri(url.clone());
+    let body = if args.grpc {
+        builder = builder
+            .method(Method::POST)
+            .header(CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers");
+        // One gRPC message frame: not compressed, zero bytes long.
+        Bytes::from_static(&[0, 0, 0, 0, 0])
+    } else {
+        builder = builder.method(Method::GET);
+        Bytes::new()
+    };
+    for (name, value) in &args.headers {
+        builder = builder.header(name, value);
+    }
+    let request = match builder.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => return (false, json!({"error": format!("request: {e}")})),
+    };
+    let response = match client.request(request).await {
+        Ok(r) => r,
+        Err(e) => return (false, json!({"error": format!("{e:?}")})),
+    };
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let reason = header("x-meshguard-deny-reason");
+    let mut grpc_status = header("grpc-status");
+    let collected = match response.into_body().collect().await {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                false,
+                json!({"status": status, "error": format!("body: {e}")}),
+            )
+        }
+    };
+    if let Some(trailers) = collected.trailers() {
+        if let Some(v) = trailers.get("grpc-status").and_then(|v| v.to_str().ok()) {
+            grpc_status = Some(v.to_owned());
+        }
+    }
+    let bytes = collected.to_bytes();
+    let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+    (
+        true,
+        json!({"status": status, "reason": reason, "grpc_status": grpc_status, "body": body}),
+    )
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("call: {e}\nusage: call [--grpc] [--count N] [--header NAME:VALUE]... URL");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("call: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let Some(url) = args.url.clone() else {
+            return ExitCode::from(2);
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(args.grpc)
+            .build(HttpConnector::new());
+        let mut all_answered = true;
+        for _ in 0..args.count {
+            let (answered, line) = one(&client, &args, &url).await;
+            all_answered &= answered;
+            println!("{line}");
+        }
+        if all_answered {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        parse_args(args.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn arguments_are_checked() {
+        let a = parse(&["--count", "3", "--header", "x-a: 1", "http://h:5000/p"]).expect("valid");
+        assert_eq!(a.count, 3);
+        assert_eq!(a.headers.len(), 1);
+        assert!(!a.grpc);
+        assert!(parse(&["--count", "0", "http://h/"]).is_err());
+        assert!(parse(&["--header", "nocolon", "http://h/"]).is_err());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["http://a/", "http://b/"]).is_err());
+    }
+}
