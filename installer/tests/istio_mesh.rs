@@ -8,7 +8,13 @@
 //!   payment-service's: order → payment through both sidecars, with istiod's SPIFFE identities;
 //! - a pod in the namespace under another service account is denied with 403 and the reason,
 //!   and its gRPC call with grpc-status 7;
-//! - a pod outside the mesh is refused by mTLS STRICT.
+//! - a pod outside the mesh is refused by mTLS STRICT;
+//! - a policy change re-applied by `meshctl install` reaches the running sidecars, the old filter
+//!   deciding until the new one is in place;
+//! - a module that cannot be fetched or verified is replaced by Istio's RBAC stand-in: denied
+//!   under `FAIL_RELOAD` and `FAIL_CLOSE`, let through under `FAIL_OPEN`;
+//! - no service pod restarted through all of it, and every sidecar took every cluster and
+//!   listener istiod sent.
 //!
 //! Each caller is a pod running `call` (tests/services), whose requests leave through its own
 //! sidecar; the test reads the answers from its log. Needs root and everything `scripts/test.sh`
@@ -16,16 +22,22 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{meshctl_on, publish_for_install, services_dir, workspace, TestResult};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kube::api::{Api, LogParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch, PatchParams,
+    PostParams,
+};
 use kube::Client;
 use meshguard_testcluster::forward::Forwarder;
-use meshguard_testcluster::istio::IstioArtifacts;
+use meshguard_testcluster::istio::{IstioArtifacts, ISTIO_NAMESPACE};
 use meshguard_testcluster::registry::Registry;
 use meshguard_testcluster::wait::until as wait_for;
 use meshguard_testcluster::{LocalCluster, LocalClusterOptions};
@@ -72,16 +84,15 @@ async fn the_filters_decide_every_call_in_istio_sidecars() -> TestResult {
     Ok(())
 }
 
-/// Runs `call ARGS` in a pod of `namespace` under `account` and returns its answers (one JSON
-/// object per request).
-async fn call(
+/// Starts `call ARGS` in a pod of `namespace` under `account`.
+async fn start_call(
     client: &Client,
     image: &str,
     namespace: &str,
     name: &str,
     account: &str,
     args: &[&str],
-) -> Result<Vec<Value>, BoxError> {
+) -> Result<(), BoxError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     pods.create(
         &PostParams::default(),
@@ -95,9 +106,32 @@ async fn call(
         }))?,
     )
     .await?;
+    Ok(())
+}
+
+/// The answers `call` has printed so far in pod `name` (one JSON object per request).
+async fn answers_so_far(pods: &Api<Pod>, name: &str) -> Result<Vec<Value>, BoxError> {
+    let log = pods
+        .logs(
+            name,
+            &LogParams {
+                container: Some("call".into()),
+                ..LogParams::default()
+            },
+        )
+        .await?;
+    Ok(log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Waits for `call` in pod `name` to finish and returns its answers.
+async fn answers(client: &Client, namespace: &str, name: &str) -> Result<Vec<Value>, BoxError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     wait_for(
         &format!("{namespace}/{name} finished"),
-        Duration::from_secs(120),
+        Duration::from_secs(150),
         || {
             let pods = pods.clone();
             async move {
@@ -119,19 +153,20 @@ async fn call(
         },
     )
     .await?;
-    let log = pods
-        .logs(
-            name,
-            &LogParams {
-                container: Some("call".into()),
-                ..LogParams::default()
-            },
-        )
-        .await?;
-    Ok(log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    answers_so_far(&pods, name).await
+}
+
+/// Runs `call ARGS` in a pod of `namespace` under `account` and returns its answers.
+async fn call(
+    client: &Client,
+    image: &str,
+    namespace: &str,
+    name: &str,
+    account: &str,
+    args: &[&str],
+) -> Result<Vec<Value>, BoxError> {
+    start_call(client, image, namespace, name, account, args).await?;
+    answers(client, namespace, name).await
 }
 
 async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str) -> TestResult {
@@ -168,17 +203,7 @@ async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str)
     )?;
 
     let mesh = workspace().join("docs/examples/real-nodes.yaml");
-    let mesh = mesh.display().to_string();
-    let prometheus = cluster.prometheus_url().to_owned();
-    let mut args = vec![
-        "-f",
-        mesh.as_str(),
-        "--prometheus-address",
-        prometheus.as_str(),
-    ];
-    args.extend(flags.iter().map(String::as_str));
-    let install = meshctl_on(cluster.api()?, "install", &args).await;
-    assert_eq!(install.code, Some(0), "{}", install.dump());
+    meshctl_install(cluster, &mesh, &flags).await?;
 
     let client = cluster.client().await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
@@ -305,5 +330,418 @@ async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str)
         outside[0].get("error").is_some(),
         "a plaintext caller is refused: {outside:?}"
     );
+
+    let running = service_pods(&pods).await?;
+    policy_change(cluster, &client, &call_image, &mesh, &flags).await?;
+    fail_strategies(cluster, &client, &call_image, &mesh, &flags, registry).await?;
+    // Every change above reached the running sidecars: no pod was replaced or restarted.
+    let after = service_pods(&pods).await?;
+    for (name, restarts) in &running {
+        assert_eq!(
+            after.get(name),
+            Some(restarts),
+            "{name} kept running through every change (restarts then and now)"
+        );
+    }
+    xds_accepted(&client, &pods).await
+}
+
+/// `meshctl install -f MESH FLAGS` on the cluster, which must succeed.
+async fn meshctl_install(cluster: &LocalCluster, mesh: &Path, flags: &[String]) -> TestResult {
+    let mesh = mesh.display().to_string();
+    let prometheus = cluster.prometheus_url().to_owned();
+    let mut args = vec![
+        "-f",
+        mesh.as_str(),
+        "--prometheus-address",
+        prometheus.as_str(),
+    ];
+    args.extend(flags.iter().map(String::as_str));
+    let install = meshctl_on(cluster.api()?, "install", &args).await;
+    assert_eq!(install.code, Some(0), "{}", install.dump());
+    Ok(())
+}
+
+/// The services' pods, by name (with their UID), and the restarts of their containers.
+async fn service_pods(pods: &Api<Pod>) -> Result<BTreeMap<String, i32>, BoxError> {
+    Ok(pods
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| SERVICES.iter().any(|s| n.starts_with(s)))
+        })
+        .map(|p| {
+            let name = format!(
+                "{} ({})",
+                p.metadata.name.unwrap_or_default(),
+                p.metadata.uid.unwrap_or_default()
+            );
+            let restarts = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.restart_count)
+                .sum();
+            (name, restarts)
+        })
+        .collect())
+}
+
+/// `flags` with the value after `flag` replaced by `value`, or the pair dropped when `value` is
+/// `None`.
+fn with_flag(flags: &[String], flag: &str, value: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = flags.iter();
+    while let Some(f) = it.next() {
+        if f == flag {
+            let _old = it.next();
+            if let Some(v) = value {
+                out.extend([f.clone(), v.to_owned()]);
+            }
+        } else {
+            out.push(f.clone());
+        }
+    }
+    out
+}
+
+/// The answers up to the first that `until` matched: every earlier one must be `before`
+/// (status, and text in the body), and the last one must match.
+fn assert_switch(
+    answers: &[Value],
+    before: (u64, &str),
+    until: (u64, &str),
+    what: &str,
+) -> TestResult {
+    let (last, earlier) = answers
+        .split_last()
+        .ok_or(format!("{what}: call printed no answer"))?;
+    println!(
+        "{what}: {} answers {before:?}, then {until:?}",
+        earlier.len()
+    );
+    let is = |a: &Value, (status, text): (u64, &str)| {
+        a["status"].as_u64() == Some(status) && a["body"].as_str().is_some_and(|b| b.contains(text))
+    };
+    assert!(
+        is(last, until),
+        "{what}: the last answer is {until:?}: {last}"
+    );
+    let odd: Vec<&Value> = earlier.iter().filter(|a| !is(a, before)).collect();
+    assert!(
+        odd.is_empty(),
+        "{what}: every answer before the change is {before:?}; these are not: {odd:#?}"
+    );
+    Ok(())
+}
+
+/// `call` arguments that GET order-service ten times a second, for up to a minute, until an
+/// answer matches `until` (`STATUS[:TEXT]`).
+fn watch_until(until: &str) -> [&str; 7] {
+    [
+        "--count",
+        "600",
+        "--interval",
+        "100",
+        "--until",
+        until,
+        ORDERS,
+    ]
+}
+
+/// A policy change re-applied by `meshctl install` reaches the running sidecars: a caller that
+/// keeps calling sees the old filter's answer until the new one's, and nothing else between.
+async fn policy_change(
+    cluster: &LocalCluster,
+    client: &Client,
+    call_image: &str,
+    mesh: &Path,
+    flags: &[String],
+) -> TestResult {
+    let text = std::fs::read_to_string(mesh)?;
+    let call = "  - from: user-service\n    to: order-service\n";
+    assert!(
+        text.contains(call),
+        "{} has the call {call:?}",
+        mesh.display()
+    );
+    let post_only = cluster.dir().join("post-only.yaml");
+    std::fs::write(
+        &post_only,
+        text.replace(call, &format!("{call}    methods: [POST]\n")),
+    )?;
+
+    let name = "across-a-policy-change";
+    start_call(
+        client,
+        call_image,
+        NS,
+        name,
+        "user-service",
+        &watch_until("403:method_not_allowed"),
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait_for(
+        "the caller answered under the old policy",
+        Duration::from_secs(120),
+        || {
+            let pods = pods.clone();
+            async move {
+                let seen = answers_so_far(&pods, name).await.unwrap_or_default();
+                Ok(if seen.len() >= 5 {
+                    Ok(())
+                } else {
+                    Err(format!("{} answers", seen.len()))
+                })
+            }
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    meshctl_install(cluster, &post_only, flags).await?;
+    let seen = answers(client, NS, name).await?;
+    println!(
+        "policy change: {} answers, the new decision {:.1}s after meshctl install began",
+        seen.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_switch(
+        &seen,
+        (200, "payment-service"),
+        (403, "method_not_allowed"),
+        "GET from user-service once the call admits only POST",
+    )?;
+    Ok(())
+}
+
+/// Istio's agent puts an RBAC filter in the place of a module it cannot fetch or verify
+/// (`pkg/wasm/convert.go`, `MaybeConvertWasmExtensionConfig`): allow-all for `FAIL_OPEN`, deny-all
+/// for any other strategy. What callers see, for each strategy, with a wrong digest or URL.
+async fn fail_strategies(
+    cluster: &LocalCluster,
+    client: &Client,
+    call_image: &str,
+    mesh: &Path,
+    flags: &[String],
+    registry: &str,
+) -> TestResult {
+    let watch = watch_until("403:RBAC: access denied");
+    let denied = (403, "RBAC: access denied");
+
+    // The authorization filter (FAIL_RELOAD) with a wrong digest: every call is denied, by the
+    // deny-all stand-in, where the policy would have admitted it.
+    let wrong_digest = with_flag(flags, "--authz-module-sha256", Some(&"0".repeat(64)));
+    meshctl_install(cluster, mesh, &wrong_digest).await?;
+    let seen = call(
+        client,
+        call_image,
+        NS,
+        "fail-reload",
+        "user-service",
+        &watch,
+    )
+    .await?;
+    assert_switch(
+        &seen,
+        (403, "method_not_allowed"),
+        denied,
+        "FAIL_RELOAD, wrong sha256",
+    )?;
+    sidecar_log_says(client, "order-service", "applying deny RBAC filter").await?;
+
+    // The metrics filter (FAIL_OPEN) at a URL with nothing there: calls go through, unmeasured.
+    let missing = format!("oci://{registry}/meshguard/meshguard-metrics:missing");
+    let wrong_url = with_flag(
+        &with_flag(flags, "--metrics-module", Some(&missing)),
+        "--metrics-module-sha256",
+        None,
+    );
+    meshctl_install(cluster, mesh, &wrong_url).await?;
+    sidecar_log_says(client, "order-service", "applying allow RBAC filter").await?;
+    let seen = call(
+        client,
+        call_image,
+        NS,
+        "fail-open",
+        "user-service",
+        &watch_until("200"),
+    )
+    .await?;
+    assert_switch(
+        &seen,
+        denied,
+        (200, "payment-service"),
+        "FAIL_OPEN, wrong URL",
+    )?;
+
+    // FAIL_CLOSE, which meshctl does not render, set on order-service's authorization filter
+    // with a URL that has nothing there: denied, as FAIL_RELOAD.
+    let plugins: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NS,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "extensions.istio.io",
+            "v1alpha1",
+            "WasmPlugin",
+        )),
+    );
+    let missing = format!("oci://{registry}/meshguard/meshguard-authz:missing");
+    plugins
+        .patch(
+            "order-service-authz",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "failStrategy": "FAIL_CLOSE",
+                "url": missing,
+                "sha256": null,
+            }})),
+        )
+        .await?;
+    let seen = call(client, call_image, NS, "fail-close", "user-service", &watch).await?;
+    assert_switch(
+        &seen,
+        (200, "payment-service"),
+        denied,
+        "FAIL_CLOSE, wrong URL",
+    )?;
+    Ok(())
+}
+
+/// Waits for the istio-proxy container of `service`'s pods to have logged `text` (pilot-agent's
+/// own log lines are there).
+async fn sidecar_log_says(client: &Client, service: &str, text: &str) -> TestResult {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait_for(
+        &format!("{service}'s sidecar logs {text:?}"),
+        Duration::from_secs(60),
+        || {
+            let pods = pods.clone();
+            async move {
+                for pod in pods.list(&Default::default()).await?.items {
+                    let name = pod.metadata.name.unwrap_or_default();
+                    if !name.starts_with(service) {
+                        continue;
+                    }
+                    let log = pods
+                        .logs(
+                            &name,
+                            &LogParams {
+                                container: Some("istio-proxy".into()),
+                                ..LogParams::default()
+                            },
+                        )
+                        .await?;
+                    if log.contains(text) {
+                        return Ok(Ok(()));
+                    }
+                }
+                Ok(Err("not yet".to_owned()))
+            }
+        },
+    )
+    .await
+}
+
+/// `GET path` on `addr` over HTTP/1.0; the body, or the status line when it is not 200.
+fn http_get(addr: SocketAddr, path: &str) -> Result<Result<String, String>, BoxError> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    Ok(if status.contains(" 200") {
+        Ok(body.to_owned())
+    } else {
+        Err(status)
+    })
+}
+
+/// The value of the Prometheus series `name` without labels in `text` (Envoy writes `name{} v`).
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let rest = rest.strip_prefix("{}").unwrap_or(rest);
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// istiod runs on a real node from the `pilot` image, and every service's sidecar took each
+/// cluster and listener it sent: updates accepted, none rejected, by Envoy's counters (served
+/// through the agent's `:15020/stats/prometheus`) and by istiod's (`pilot_total_xds_rejects`).
+async fn xds_accepted(client: &Client, pods: &Api<Pod>) -> TestResult {
+    let system: Api<Pod> = Api::namespaced(client.clone(), ISTIO_NAMESPACE);
+    let istiod = system
+        .list(&ListParams::default().labels("app=istiod"))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .ok_or("istioctl installed no istiod pod")?;
+    let spec = istiod.spec.clone().unwrap_or_default();
+    assert!(
+        spec.node_name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("real-cpu")),
+        "istiod on a real CPU node: {:?}",
+        spec.node_name
+    );
+    assert!(
+        spec.containers
+            .first()
+            .and_then(|c| c.image.as_deref())
+            .is_some_and(|i| i.ends_with("/pilot:meshguard-local")),
+        "istiod from the pilot image pushed here: {:?}",
+        spec.containers.first().map(|c| &c.image)
+    );
+    let istiod_ip = istiod
+        .status
+        .and_then(|s| s.pod_ip)
+        .ok_or("istiod has no IP")?;
+    for pod in pods.list(&Default::default()).await?.items {
+        let name = pod.metadata.name.unwrap_or_default();
+        if !SERVICES.iter().any(|s| name.starts_with(s)) {
+            continue;
+        }
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let Some(ip) = pod.status.and_then(|s| s.pod_ip).filter(|_| running) else {
+            continue;
+        };
+        let stats = http_get(format!("{ip}:15020").parse()?, "/stats/prometheus")
+            .map_err(|e| format!("{name}'s agent: {e}"))?
+            .map_err(|s| format!("{name}'s agent stats: {s}"))?;
+        for (series_name, want_positive) in [
+            ("envoy_cluster_manager_cds_update_success", true),
+            ("envoy_listener_manager_lds_update_success", true),
+            ("envoy_cluster_manager_cds_update_rejected", false),
+            ("envoy_listener_manager_lds_update_rejected", false),
+        ] {
+            let value = series(&stats, series_name).ok_or_else(|| {
+                let near: Vec<&str> = stats.lines().filter(|l| l.contains("update_")).collect();
+                format!("no {series_name} in {name}'s sidecar stats; its update_ series: {near:#?}")
+            })?;
+            if want_positive {
+                assert!(value >= 1.0, "{name}: {series_name} = {value}");
+            } else {
+                assert_eq!(value, 0.0, "{name}: {series_name}");
+            }
+        }
+    }
+    let metrics = http_get(format!("{istiod_ip}:15014").parse()?, "/metrics")?
+        .map_err(|s| format!("istiod metrics: {s}"))?;
+    let rejects: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("pilot_total_xds_rejects"))
+        .collect();
+    assert!(rejects.is_empty(), "istiod saw rejections: {rejects:?}");
     Ok(())
 }

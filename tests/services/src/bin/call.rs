@@ -6,12 +6,22 @@
 //! the pod's sidecar, under the pod's service account.
 //!
 //! ```text
-//! call [--count N] [--header NAME:VALUE]... URL          GET over HTTP/1.1
-//! call --grpc [--count N] URL                            a unary gRPC call (HTTP/2 without TLS,
-//!                                                        an empty message) to URL's path
+//! call [OPTIONS] URL           GET over HTTP/1.1
+//! call --grpc [OPTIONS] URL    a unary gRPC call (HTTP/2 without TLS, an empty message) to
+//!                              URL's path
+//!
+//! --count N              send N requests, one after the other (default 1)
+//! --interval MS          wait MS milliseconds between two requests (default 0)
+//! --until STATUS[:TEXT]  stop after the first answer with this HTTP status (and, with TEXT,
+//!                        whose body holds TEXT)
+//! --header NAME:VALUE    add a request header (repeatable)
 //! ```
+//!
+//! `--count 600 --interval 100 --until 403:method_not_allowed` watches for about a minute for a
+//! change of decision, and every answer up to it is in the log.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -22,11 +32,43 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
+/// The answer that ends `--until`.
+#[derive(Debug, PartialEq)]
+struct Until {
+    status: u16,
+    text: Option<String>,
+}
+
+impl Until {
+    fn parse(s: &str) -> Result<Self, String> {
+        let (status, text) = match s.split_once(':') {
+            Some((status, text)) => (status, Some(text.to_owned())),
+            None => (s, None),
+        };
+        let status = status
+            .parse()
+            .ok()
+            .filter(|s| (100..=599).contains(s))
+            .ok_or(format!("--until: {status:?} is not an HTTP status"))?;
+        Ok(Until { status, text })
+    }
+
+    fn matches(&self, answer: &serde_json::Value) -> bool {
+        answer["status"].as_u64() == Some(u64::from(self.status))
+            && self
+                .text
+                .as_deref()
+                .is_none_or(|t| answer["body"].as_str().is_some_and(|body| body.contains(t)))
+    }
+}
+
 /// What the command line asks for.
 #[derive(Debug, Default)]
 struct Args {
     grpc: bool,
     count: u32,
+    interval: Duration,
+    until: Option<Until>,
     headers: Vec<(HeaderName, HeaderValue)>,
     url: Option<Uri>,
 }
@@ -46,6 +88,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .ok()
                     .filter(|n| *n > 0)
                     .ok_or(format!("--count: {n:?} is not a positive number"))?;
+            }
+            "--interval" => {
+                let ms = args.next().ok_or("--interval wants milliseconds")?;
+                out.interval =
+                    Duration::from_millis(ms.parse().map_err(|_| {
+                        format!("--interval: {ms:?} is not a number of milliseconds")
+                    })?);
+            }
+            "--until" => {
+                let s = args.next().ok_or("--until wants STATUS[:TEXT]")?;
+                out.until = Some(Until::parse(&s)?);
             }
             "--header" => {
                 let h = args.next().ok_or("--header wants NAME:VALUE")?;
@@ -135,7 +188,10 @@ fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("call: {e}\nusage: call [--grpc] [--count N] [--header NAME:VALUE]... URL");
+            eprintln!(
+                "call: {e}\nusage: call [--grpc] [--count N] [--interval MS] [--until STATUS[:TEXT]] \
+                 [--header NAME:VALUE]... URL"
+            );
             return ExitCode::from(2);
         }
     };
@@ -157,10 +213,16 @@ fn main() -> ExitCode {
             .http2_only(args.grpc)
             .build(HttpConnector::new());
         let mut all_answered = true;
-        for _ in 0..args.count {
+        for i in 0..args.count {
+            if i > 0 && !args.interval.is_zero() {
+                tokio::time::sleep(args.interval).await;
+            }
             let (answered, line) = one(&client, &args, &url).await;
             all_answered &= answered;
             println!("{line}");
+            if args.until.as_ref().is_some_and(|u| u.matches(&line)) {
+                break;
+            }
         }
         if all_answered {
             ExitCode::SUCCESS
@@ -184,6 +246,19 @@ mod tests {
         assert_eq!(a.count, 3);
         assert_eq!(a.headers.len(), 1);
         assert!(!a.grpc);
+        assert_eq!(a.interval, Duration::ZERO);
+        assert_eq!(a.until, None);
+        let a = parse(&["--interval", "100", "--until", "403", "http://h/"]).expect("valid");
+        assert_eq!(a.interval, Duration::from_millis(100));
+        let until = a.until.expect("--until");
+        assert!(until.matches(&json!({"status": 403, "body": "RBAC: access denied"})));
+        assert!(!until.matches(&json!({"status": 200, "body": ""})));
+        let until = Until::parse("403:RBAC: access denied").expect("valid");
+        assert_eq!(until.text.as_deref(), Some("RBAC: access denied"));
+        assert!(until.matches(&json!({"status": 403, "body": "RBAC: access denied"})));
+        assert!(!until.matches(&json!({"status": 403, "body": "{\"reason\":\"unknown_peer\"}"})));
+        assert!(parse(&["--until", "42", "http://h/"]).is_err());
+        assert!(parse(&["--interval", "soon", "http://h/"]).is_err());
         assert!(parse(&["--count", "0", "http://h/"]).is_err());
         assert!(parse(&["--header", "nocolon", "http://h/"]).is_err());
         assert!(parse(&[]).is_err());
