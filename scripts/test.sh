@@ -18,7 +18,7 @@ ensure_rust
 ensure_cargo_fuzz
 ensure_go
 
-step "Local cluster binaries and CRDs (first run builds Kubernetes with its kubelet and kube-proxy, etcd, kwok, metrics-server, Prometheus, KEDA, the CNI plugins and CoreDNS from Go modules: ~35 min)"
+step "Local cluster binaries and CRDs (first run builds Kubernetes with its kubelet and kube-proxy, etcd, kwok, metrics-server, Prometheus, the Prometheus Operator's configuration generator, kube-state-metrics, KEDA, the CNI plugins and CoreDNS from Go modules: ~40 min)"
 eval "$(tests/kube/build-cluster-bins.sh)"
 
 step "Istio's own code (istiod, pilot-agent, istioctl and the checks' tool) and the distribution registry (first run builds them from Go modules: ~8 min after the cluster's build, which fills most of their Go cache)"

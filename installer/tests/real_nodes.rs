@@ -112,14 +112,10 @@ async fn real_requests_scale_order_service_and_user_service_on_real_nodes_and_ba
     if result.is_err() {
         eprintln!("cluster folder: {}", cluster.dir().display());
     }
-    let footprint = cluster.real_nodes_footprint();
-    cluster.stop()?;
+    let left = cluster.stop_and_list_leftovers()?;
     drop(registry);
     result?;
-    if let Some(f) = footprint {
-        let left = f.leftovers();
-        assert!(left.is_empty(), "left behind after stop: {left:#?}");
-    }
+    assert!(left.is_empty(), "left behind after stop: {left:#?}");
     Ok(())
 }
 

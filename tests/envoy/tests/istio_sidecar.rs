@@ -703,38 +703,14 @@ fn start_prometheus(dir: &std::path::Path, targets: &[(&str, std::net::SocketAdd
     p
 }
 
-/// The PromQL queries of docs/metrics.md (its `promql` blocks) and of the Grafana dashboard that
-/// read the filters' metrics, the dashboard's `$namespace` set.
+/// The documented queries (docs/metrics.md and the Grafana dashboard) that read the filters'
+/// metrics, the dashboard's `$namespace` set.
 fn documented_queries() -> Vec<(String, String)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
-    let mut out = Vec::new();
-    let mut in_block = false;
-    for line in docs.lines() {
-        match (in_block, line.trim()) {
-            (false, "```promql") => in_block = true,
-            (true, "```") => in_block = false,
-            (true, q) if !q.is_empty() => out.push(("docs/metrics.md".to_owned(), q.to_owned())),
-            _ => {}
-        }
-    }
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("manifests/grafana/meshguard-dashboard.json")).unwrap(),
-    )
-    .unwrap();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().unwrap_or_default();
-            if expr.contains("meshguard_") {
-                let title = panel["title"].as_str().unwrap_or("?");
-                out.push((
-                    format!("dashboard panel `{title}`"),
-                    expr.replace("$namespace", NS),
-                ));
-            }
-        }
-    }
-    out
+    meshguard_testcluster::queries::documented_queries(NS)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, q)| q.contains("meshguard_"))
+        .collect()
 }
 
 #[test]

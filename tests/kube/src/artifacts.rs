@@ -49,6 +49,11 @@ pub struct Versions {
     pub prometheus: String,
     /// The Prometheus release that module tag is (`3.16.0`).
     pub prometheus_release: String,
+    /// `github.com/prometheus-operator/prometheus-operator` tag: the PodMonitor CRD and the
+    /// configuration generator `meshguard-prometheus-config` runs.
+    pub prometheus_operator: String,
+    /// `k8s.io/kube-state-metrics/v2` tag.
+    pub kube_state_metrics: String,
     /// `github.com/containernetworking/plugins` tag the CNI plugins are built from.
     pub cni_plugins: String,
     /// `github.com/coredns/coredns` tag CoreDNS is built from (kubeadm's for
@@ -96,6 +101,8 @@ impl Versions {
             metrics_server: get("METRICS_SERVER_VERSION")?,
             prometheus: get("PROMETHEUS_VERSION")?,
             prometheus_release: get("PROMETHEUS_RELEASE")?,
+            prometheus_operator: get("PROMETHEUS_OPERATOR_VERSION")?,
+            kube_state_metrics: get("KUBE_STATE_METRICS_VERSION")?,
             cni_plugins: get("CNI_PLUGINS_VERSION")?,
             coredns: get("COREDNS_VERSION")?,
         })
@@ -196,6 +203,11 @@ pub struct LocalArtifacts {
     pub metrics_server: PathBuf,
     /// Prometheus.
     pub prometheus: PathBuf,
+    /// The Prometheus Operator's configuration generator, run on the cluster's PodMonitors
+    /// (`go/prometheus-config`).
+    pub prometheus_config: PathBuf,
+    /// kube-state-metrics.
+    pub kube_state_metrics: PathBuf,
     /// KEDA's operator.
     pub keda_operator: PathBuf,
     /// KEDA's metrics adapter.
@@ -260,6 +272,18 @@ impl LocalArtifacts {
                 "MESHGUARD_PROMETHEUS",
                 format!("prometheus-{}", v.prometheus),
                 "prometheus",
+            )?,
+            prometheus_config: find(
+                "meshguard-prometheus-config",
+                "MESHGUARD_PROMETHEUS_CONFIG",
+                format!("prometheus-config-{}", v.prometheus_operator),
+                "meshguard-prometheus-config",
+            )?,
+            kube_state_metrics: find(
+                "kube-state-metrics",
+                "MESHGUARD_KUBE_STATE_METRICS",
+                format!("kube-state-metrics-{}", v.kube_state_metrics),
+                "kube-state-metrics",
             )?,
             keda_operator: find(
                 "keda-operator",

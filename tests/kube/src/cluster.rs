@@ -589,7 +589,7 @@ pub(crate) async fn http_get_loopback(port: u16, path: &str) -> std::io::Result<
             .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
             .await?;
         let mut response = Vec::new();
-        stream.take(64 * 1024).read_to_end(&mut response).await?;
+        stream.take(4 << 20).read_to_end(&mut response).await?;
         Ok(String::from_utf8_lossy(&response).into_owned())
     };
     tokio::time::timeout(Duration::from_secs(2), io)

@@ -31,18 +31,27 @@ pub enum CrdSet {
     /// Issuer, ClusterIssuer (cert-manager.io), Order, Challenge
     /// (acme.cert-manager.io).
     CertManager,
+    /// The Prometheus Operator's PodMonitor CRD (monitoring.coreos.com, from
+    /// `example/prometheus-operator-crd`).
+    PrometheusOperator,
 }
 
 impl CrdSet {
     /// All sets.
-    pub const ALL: [CrdSet; 3] = [CrdSet::Istio, CrdSet::Keda, CrdSet::CertManager];
+    pub const ALL: [CrdSet; 4] = [
+        CrdSet::Istio,
+        CrdSet::Keda,
+        CrdSet::CertManager,
+        CrdSet::PrometheusOperator,
+    ];
 
-    /// A short name (`istio`, `keda`, `cert-manager`).
+    /// A short name (`istio`, `keda`, `cert-manager`, `prometheus-operator`).
     pub fn name(self) -> &'static str {
         match self {
             CrdSet::Istio => "istio",
             CrdSet::Keda => "keda",
             CrdSet::CertManager => "cert-manager",
+            CrdSet::PrometheusOperator => "prometheus-operator",
         }
     }
 
@@ -52,6 +61,7 @@ impl CrdSet {
             CrdSet::Istio => &versions.istio_api,
             CrdSet::Keda => &versions.keda,
             CrdSet::CertManager => &versions.cert_manager,
+            CrdSet::PrometheusOperator => &versions.prometheus_operator,
         }
     }
 

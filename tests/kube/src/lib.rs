@@ -47,6 +47,7 @@ pub mod oci;
 mod pki;
 mod process;
 pub mod pulse;
+pub mod queries;
 pub mod registry;
 mod simulate;
 pub mod traffic;

@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::artifacts::LocalArtifacts;
+use crate::artifacts::{LocalArtifacts, Versions};
 use crate::cluster::{arg, free_ports, http_get_loopback, not_ready, write};
 use crate::crds::CrdSet;
 use crate::error::{Error, Result};
@@ -118,9 +118,22 @@ pub struct LocalCluster {
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
     prometheus_url: String,
+    prometheus_files: Option<PrometheusFiles>,
     nodes: Vec<String>,
     keep_dir: bool,
     stopped: bool,
+}
+
+/// Prometheus' configuration and what `scrape_pod_monitors` regenerates it with.
+#[derive(Debug)]
+struct PrometheusFiles {
+    /// `prometheus.yml`.
+    config: PathBuf,
+    /// The cluster's own jobs (a YAML list).
+    jobs: PathBuf,
+    /// `meshguard-prometheus-config`.
+    generator: PathBuf,
+    interval: Duration,
 }
 
 /// The user the API server is to the kubelets.
@@ -282,6 +295,7 @@ impl LocalCluster {
             components: Vec::new(),
             dir_path: root.clone(),
             prometheus_url: String::new(),
+            prometheus_files: None,
             nodes: Vec::new(),
             base: None,
             dir: None,
@@ -332,8 +346,8 @@ impl LocalCluster {
         .await?;
 
         let kc = || arg("--kubeconfig=", &kubeconfig);
-        let [scheduler_port, kwok_port, metrics_server_port, prometheus_port, keda_metrics, keda_probe, keda_grpc, adapter_port, adapter_metrics] =
-            free_ports::<9>()?;
+        let [scheduler_port, kwok_port, metrics_server_port, prometheus_port, keda_metrics, keda_probe, keda_grpc, adapter_port, adapter_metrics, ksm_port, ksm_telemetry] =
+            free_ports::<11>()?;
 
         // kube-controller-manager: every default controller, as the admin.
         cluster.spawn(
@@ -461,6 +475,22 @@ impl LocalCluster {
             &[],
         )?;
 
+        // kube-state-metrics: the objects' metrics (the autoscalers' replicas), as
+        // kube-prometheus-stack runs it.
+        cluster.spawn(
+            "kube-state-metrics",
+            &bins.kube_state_metrics,
+            vec![
+                kc(),
+                "--host=127.0.0.1".into(),
+                format!("--port={ksm_port}").into(),
+                "--telemetry-host=127.0.0.1".into(),
+                format!("--telemetry-port={ksm_telemetry}").into(),
+                "--resources=deployments,horizontalpodautoscalers".into(),
+            ],
+            &[],
+        )?;
+
         // Prometheus, finding kwok's per-node metrics endpoints through kwok's discovery.
         let prometheus_config = root.join("prometheus.yml");
         let token_file = root.join("pki").join("admin.token");
@@ -472,13 +502,29 @@ impl LocalCluster {
             .as_ref()
             .map(RealNodes::infos)
             .unwrap_or_default();
-        let mut text = prometheus_configuration(kwok_port, &pki.ca, opts.scrape_interval);
-        text.push_str(&cadvisor_scrape_configuration(
+        // The cluster's own jobs, kept apart: `scrape_pod_monitors` hands them to the
+        // Prometheus Operator's generator as additional scrape configs.
+        let mut jobs = prometheus_jobs(kwok_port, ksm_port, &pki.ca, opts.scrape_interval);
+        jobs.push_str(&cadvisor_scrape_configuration(
             &kubelets,
             &pki.ca,
             &token_file,
         ));
-        write(&prometheus_config, &text)?;
+        let jobs_file = root.join("prometheus-jobs.yml");
+        write(&jobs_file, &jobs)?;
+        write(
+            &prometheus_config,
+            &format!(
+                "{}scrape_configs:\n{jobs}",
+                prometheus_global(opts.scrape_interval)
+            ),
+        )?;
+        cluster.prometheus_files = Some(PrometheusFiles {
+            config: prometheus_config.clone(),
+            jobs: jobs_file,
+            generator: bins.prometheus_config.clone(),
+            interval: opts.scrape_interval,
+        });
         cluster.spawn(
             "prometheus",
             &bins.prometheus,
@@ -555,7 +601,7 @@ impl LocalCluster {
         .await?;
 
         cluster
-            .wait_ready(&client, opts, keda_probe, deadline)
+            .wait_ready(&client, opts, keda_probe, ksm_port, deadline)
             .await?;
         if let Some(real) = &cluster.real {
             cluster
@@ -711,6 +757,7 @@ impl LocalCluster {
         client: &Client,
         opts: &LocalClusterOptions,
         keda_probe: u16,
+        ksm_port: u16,
         deadline: Instant,
     ) -> Result<()> {
         let timeout = opts.startup_timeout;
@@ -767,6 +814,10 @@ impl LocalCluster {
             http_ok(keda_probe, "/readyz")
         })
         .await?;
+        self.wait_for("kube-state-metrics", "/healthz", deadline, timeout, || {
+            http_ok(ksm_port, "/healthz")
+        })
+        .await?;
         let port = self.prometheus_port();
         self.wait_for(
             "prometheus",
@@ -817,10 +868,82 @@ impl LocalCluster {
         &self.prometheus_url
     }
 
+    /// Makes Prometheus scrape what the cluster's PodMonitors describe, as the Prometheus
+    /// Operator would: its own configuration generator (`meshguard-prometheus-config`,
+    /// `go/prometheus-config`) selects and validates every PodMonitor and writes Prometheus'
+    /// configuration, the cluster's own jobs added; Prometheus reloads it (SIGHUP). Run it
+    /// again after PodMonitors change: nothing watches them. Returns the generator's report
+    /// (one line per PodMonitor selected).
+    pub async fn scrape_pod_monitors(&self) -> Result<String> {
+        let files = self.prometheus_files.as_ref().ok_or(Error::Stopped)?;
+        let kubeconfig = self.kubeconfig_path()?;
+        let generated = files.config.with_extension("yml.new");
+        let out = tokio::process::Command::new(&files.generator)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--additional={}", files.jobs.display()))
+            .arg(format!("--out={}", generated.display()))
+            .arg(format!(
+                "--scrape-interval={}s",
+                files.interval.as_secs().max(1)
+            ))
+            .arg(format!(
+                "--prometheus-version=v{}",
+                Versions::pinned()?.prometheus_release
+            ))
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("cannot run {}", files.generator.display()), e))?;
+        let report = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err(Error::io(
+                "generating Prometheus' configuration from the PodMonitors",
+                std::io::Error::other(report.trim().to_owned()),
+            ));
+        }
+        std::fs::rename(&generated, &files.config)
+            .map_err(|e| Error::io(format!("cannot replace {}", files.config.display()), e))?;
+        let prometheus = self.component("prometheus").ok_or(Error::Stopped)?;
+        let pid = rustix::process::Pid::from_raw(prometheus.pid() as i32).ok_or(Error::Stopped)?;
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+            .map_err(|e| Error::io("signalling Prometheus to reload", e.into()))?;
+        let port = self.prometheus_port();
+        let wanted = std::fs::read_to_string(&files.config)
+            .map_err(|e| Error::io(format!("cannot read {}", files.config.display()), e))?
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- job_name: "))
+            .map(|j| j.trim_matches('"').to_owned())
+            .collect::<Vec<_>>();
+        self.wait_for(
+            "prometheus",
+            "the generated configuration loaded",
+            Instant::now() + Duration::from_secs(30),
+            Duration::from_secs(30),
+            || {
+                let wanted = wanted.clone();
+                async move {
+                    let response = http_get_loopback(port, "/api/v1/status/config")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match wanted.iter().find(|j| !response.contains(j.as_str())) {
+                        None => Ok(()),
+                        Some(j) => Err(format!("job {j} not loaded yet")),
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(report)
+    }
+
     /// Runs an instant PromQL query and returns Prometheus' JSON answer.
     pub async fn prometheus_query(&self, promql: &str) -> Result<serde_json::Value> {
-        let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let response = http_get_loopback(self.prometheus_port(), &path)
+        self.prometheus_api(&format!("/api/v1/query?query={}", percent_encode(promql)))
+            .await
+    }
+
+    /// `GET path` on Prometheus' HTTP API (e.g. `/api/v1/targets`): its JSON answer.
+    pub async fn prometheus_api(&self, path: &str) -> Result<serde_json::Value> {
+        let response = http_get_loopback(self.prometheus_port(), path)
             .await
             .map_err(|e| Error::io("querying Prometheus", e))?;
         let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
@@ -867,6 +990,15 @@ impl LocalCluster {
     /// and etcd last) and removes the directory unless it is kept.
     pub fn stop(mut self) -> Result<()> {
         self.stop_inner()
+    }
+
+    /// Stops the cluster, then lists what its real nodes left on the machine (processes,
+    /// mounts, cgroups, interfaces, nftables, `ip_forward`; see [`nodes::Footprint`]): empty
+    /// when everything went, and for a cluster without real nodes.
+    pub fn stop_and_list_leftovers(self) -> Result<Vec<String>> {
+        let footprint = self.real_nodes_footprint();
+        self.stop()?;
+        Ok(footprint.map(|f| f.leftovers()).unwrap_or_default())
     }
 
     fn stop_inner(&mut self) -> Result<()> {
@@ -1083,15 +1215,24 @@ options:
     Ok(text)
 }
 
-fn prometheus_configuration(kwok_port: u16, ca: &Path, interval: Duration) -> String {
+/// Prometheus' `global` section.
+fn prometheus_global(interval: Duration) -> String {
     let secs = interval.as_secs().max(1);
-    let ca = ca.display();
     format!(
         "global:
   scrape_interval: {secs}s
   evaluation_interval: {secs}s
-scrape_configs:
-- job_name: kwok-kubelets
+"
+    )
+}
+
+/// The cluster's own scrape jobs, a YAML list: kwok's kubelets through kwok's discovery, and
+/// kube-state-metrics (its own labels kept, as kube-prometheus-stack's `honorLabels: true`).
+fn prometheus_jobs(kwok_port: u16, ksm_port: u16, ca: &Path, interval: Duration) -> String {
+    let secs = interval.as_secs().max(1);
+    let ca = ca.display();
+    format!(
+        "- job_name: kwok-kubelets
   scheme: https
   tls_config:
     ca_file: {ca}
@@ -1100,6 +1241,10 @@ scrape_configs:
     refresh_interval: {secs}s
     tls_config:
       ca_file: {ca}
+- job_name: kube-state-metrics
+  honor_labels: true
+  static_configs:
+  - targets: ['127.0.0.1:{ksm_port}']
 "
     )
 }
@@ -1252,9 +1397,13 @@ mod tests {
 
     #[test]
     fn prometheus_scrapes_kwok_through_its_discovery_over_verified_tls() {
-        let text = prometheus_configuration(4242, Path::new("/ca.crt"), Duration::from_secs(5));
+        let text = prometheus_jobs(4242, 4343, Path::new("/ca.crt"), Duration::from_secs(5));
+        assert!(text.starts_with("- job_name: kwok-kubelets\n"));
         assert!(text.contains("url: https://127.0.0.1:4242/discovery/prometheus"));
-        assert!(text.contains("scrape_interval: 5s"));
+        assert!(text.contains("refresh_interval: 5s"));
         assert_eq!(text.matches("ca_file: /ca.crt").count(), 2);
+        assert!(text.contains("- job_name: kube-state-metrics\n  honor_labels: true\n"));
+        assert!(text.contains("- targets: ['127.0.0.1:4343']"));
+        assert!(prometheus_global(Duration::from_secs(5)).contains("scrape_interval: 5s"));
     }
 }

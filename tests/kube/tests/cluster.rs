@@ -179,6 +179,7 @@ async fn crds_install_and_serve_custom_resources() -> TestResult {
         "triggerauthentications.keda.sh",
         "certificates.cert-manager.io",
         "issuers.cert-manager.io",
+        "podmonitors.monitoring.coreos.com",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

@@ -54,8 +54,8 @@ async fn pods_run_load_is_shared_and_measured_and_every_process_stops() -> TestR
     let pids = cluster.pids();
     assert_eq!(
         pids.len(),
-        9,
-        "seven components plus the API server and etcd: {pids:?}"
+        10,
+        "eight components plus the API server and etcd: {pids:?}"
     );
     for (name, pid) in &pids {
         assert!(alive(*pid), "{name} (pid {pid}) runs");

@@ -36,7 +36,7 @@ arrives; then it stops every process.
   --real-gpu-nodes N real nodes in the GPU pool (default 0), one nvidia.com/gpu
                      each as an extended resource
   --crds LIST        CRD sets to install, comma-separated, from istio, keda,
-                     cert-manager, all, none (default: all)
+                     cert-manager, prometheus-operator, all, none (default: all)
   --api-only         only kube-apiserver and etcd: objects are stored, nothing
                      is scheduled or reconciled
   --simulate LIST    with --api-only: stand-ins to register, comma-separated:

@@ -20,12 +20,14 @@
 //! sidecar; the test reads the answers from its log. Needs root and everything `scripts/test.sh`
 //! builds.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{meshctl_on, publish_for_install, services_dir, workspace, TestResult};
@@ -71,16 +73,12 @@ async fn the_filters_decide_every_call_in_istio_sidecars() -> TestResult {
     if result.is_err() {
         eprintln!("cluster folder: {}", cluster.dir().display());
     }
-    let footprint = cluster.real_nodes_footprint();
     // Before the nodes go: the forwarder listens on the first node's address.
     published.stop();
-    cluster.stop()?;
+    let left = cluster.stop_and_list_leftovers()?;
     drop(registry);
     result?;
-    if let Some(f) = footprint {
-        let left = f.leftovers();
-        assert!(left.is_empty(), "left behind after stop: {left:#?}");
-    }
+    assert!(left.is_empty(), "left behind after stop: {left:#?}");
     Ok(())
 }
 
@@ -202,7 +200,9 @@ async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str)
         &call_image,
     )?;
 
-    let mesh = workspace().join("docs/examples/real-nodes.yaml");
+    // The reference mesh for real nodes, with user-service scaling on the request rate into
+    // order-service (what the metrics filter counts) instead of order-service's CPU.
+    let mesh = request_rate_mesh(cluster)?;
     meshctl_install(cluster, &mesh, &flags).await?;
 
     let client = cluster.client().await?;
@@ -331,22 +331,61 @@ async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str)
         "a plaintext caller is refused: {outside:?}"
     );
 
+    // The filters' metrics, scraped as the PodMonitor meshctl rendered describes.
+    let report = cluster.scrape_pod_monitors().await?;
+    assert!(
+        report.contains(&format!("PodMonitor {NS}/meshguard-sidecars: selected")),
+        "{report}"
+    );
+    telemetry::metrics_in_prometheus(cluster).await?;
+    telemetry::request_rate_scales(cluster, &client, &call_image).await?;
+
     let running = service_pods(&pods).await?;
     policy_change(cluster, &client, &call_image, &mesh, &flags).await?;
     fail_strategies(cluster, &client, &call_image, &mesh, &flags, registry).await?;
-    // Every change above reached the running sidecars: no pod was replaced or restarted.
+    // Every change above reached the running sidecars: no pod was rolled out again (every pod
+    // is from a ReplicaSet that was there before; order-service's HPA may still add or remove
+    // pods of it) and no container restarted.
     let after = service_pods(&pods).await?;
-    for (name, restarts) in &running {
-        assert_eq!(
-            after.get(name),
-            Some(restarts),
-            "{name} kept running through every change (restarts then and now)"
+    let templates: Vec<&String> = running.values().map(|(hash, _)| hash).collect();
+    for (name, (hash, restarts)) in &after {
+        assert!(
+            templates.contains(&hash),
+            "{name} is from a new ReplicaSet ({hash}): a rollout; before: {running:#?}"
         );
+        if let Some((_, before)) = running.get(name) {
+            assert_eq!(restarts, before, "{name}'s restarts then and now");
+        }
     }
     xds_accepted(&client, &pods).await
 }
 
-/// `meshctl install -f MESH FLAGS` on the cluster, which must succeed.
+/// docs/examples/real-nodes.yaml with user-service's trigger on order-service's CPU replaced by
+/// one on the request rate into it: 4 requests a second per replica.
+fn request_rate_mesh(cluster: &LocalCluster) -> Result<PathBuf, BoxError> {
+    let source = workspace().join("docs/examples/real-nodes.yaml");
+    let text = std::fs::read_to_string(&source)?;
+    let cpu = "          - cpu:
+              service: order-service
+              threshold: 0.004
+              activationThreshold: 0.001
+";
+    let rate = "          - requestRate:
+              service: order-service
+              threshold: 4
+";
+    assert!(
+        text.contains(cpu),
+        "{} has the trigger {cpu:?}",
+        source.display()
+    );
+    let path = cluster.dir().join("request-rate.yaml");
+    std::fs::write(&path, text.replace(cpu, rate))?;
+    Ok(path)
+}
+
+/// `meshctl install -f MESH FLAGS` on the cluster, which must succeed, with the sidecars'
+/// PodMonitor and the autoscalers' short scale-down window.
 async fn meshctl_install(cluster: &LocalCluster, mesh: &Path, flags: &[String]) -> TestResult {
     let mesh = mesh.display().to_string();
     let prometheus = cluster.prometheus_url().to_owned();
@@ -355,6 +394,8 @@ async fn meshctl_install(cluster: &LocalCluster, mesh: &Path, flags: &[String]) 
         mesh.as_str(),
         "--prometheus-address",
         prometheus.as_str(),
+        "--pod-monitor",
+        "--fast-scale-down",
     ];
     args.extend(flags.iter().map(String::as_str));
     let install = meshctl_on(cluster.api()?, "install", &args).await;
@@ -362,18 +403,20 @@ async fn meshctl_install(cluster: &LocalCluster, mesh: &Path, flags: &[String]) 
     Ok(())
 }
 
-/// The services' pods, by name (with their UID), and the restarts of their containers.
-async fn service_pods(pods: &Api<Pod>) -> Result<BTreeMap<String, i32>, BoxError> {
+/// The services' running pods (not terminating), by name (with their UID): their template's
+/// hash (`pod-template-hash`, one per ReplicaSet) and the restarts of their containers.
+async fn service_pods(pods: &Api<Pod>) -> Result<BTreeMap<String, (String, i32)>, BoxError> {
     Ok(pods
         .list(&Default::default())
         .await?
         .items
         .into_iter()
         .filter(|p| {
-            p.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| SERVICES.iter().any(|s| n.starts_with(s)))
+            p.metadata.deletion_timestamp.is_none()
+                && p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| SERVICES.iter().any(|s| n.starts_with(s)))
         })
         .map(|p| {
             let name = format!(
@@ -381,6 +424,13 @@ async fn service_pods(pods: &Api<Pod>) -> Result<BTreeMap<String, i32>, BoxError
                 p.metadata.name.unwrap_or_default(),
                 p.metadata.uid.unwrap_or_default()
             );
+            let hash = p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"))
+                .cloned()
+                .unwrap_or_default();
             let restarts = p
                 .status
                 .and_then(|s| s.container_statuses)
@@ -388,7 +438,7 @@ async fn service_pods(pods: &Api<Pod>) -> Result<BTreeMap<String, i32>, BoxError
                 .iter()
                 .map(|c| c.restart_count)
                 .sum();
-            (name, restarts)
+            (name, (hash, restarts))
         })
         .collect())
 }
