@@ -14,10 +14,12 @@
 //! What [`render`] returns, in apply order (see `docs/manifests.md` for the why of each):
 //!
 //! 1. `Namespace` with `istio-injection: enabled` and Pod Security `restricted` (enforce, warn, audit).
-//! 2. One `ServiceAccount` per service (`automountServiceAccountToken: false`); no Role, no binding.
+//! 2. One `ServiceAccount` per service, and per client in the namespace
+//!    (`automountServiceAccountToken: false`); no Role, no binding.
 //! 3. `PeerAuthentication/default`: mTLS `STRICT` for the namespace.
 //! 4. `NetworkPolicy`s: default deny, DNS, istiod, Wasm module fetch, Prometheus scrape, and one
-//!    ingress/egress pair per call-graph edge, in the call direction.
+//!    ingress/egress pair per call-graph edge, in the call direction (for a client in another
+//!    namespace only the ingress: its egress is that namespace's to allow).
 //! 5. `ConfigMap/meshguard-sidecar-bootstrap`: the bootstrap `stats_tags` that turn the filters'
 //!    stat names into Prometheus labels, named by the pods' `sidecar.istio.io/bootstrapOverride`.
 //! 6. Two `WasmPlugin`s per service: identity authorization (`AUTHZ`, fail-closed) and request
@@ -151,7 +153,25 @@ pub fn render(spec: &MeshSpec, opts: &RenderOptions) -> Result<Vec<DynamicObject
     let mut out = Vec::new();
     out.push(workloads::namespace(opts)?);
     for s in &mesh.services {
-        out.push(workloads::service_account(s, opts)?);
+        out.push(workloads::service_account(
+            &s.name,
+            &s.service_account,
+            workloads::WORKLOAD,
+            opts,
+        )?);
+    }
+    // A client's pods run under an account of their own; meshctl makes it where it installs.
+    for c in mesh
+        .clients
+        .iter()
+        .filter(|c| c.namespace == opts.namespace)
+    {
+        out.push(workloads::service_account(
+            &c.name,
+            &c.service_account,
+            workloads::CLIENT,
+            opts,
+        )?);
     }
     out.push(istio::peer_authentication(opts));
     out.extend(network::policies(&mesh, opts)?);

@@ -192,20 +192,32 @@ pub(crate) fn policies(
         }
         seen.push((&rule.from, &rule.to));
         let callee = mesh.service(&rule.to)?;
+        // A client's pods are selected by their name label in their own namespace; meshctl
+        // writes the client's egress rule only where it installs, in the mesh's namespace.
+        let elsewhere = mesh
+            .client(&rule.from)
+            .filter(|c| c.namespace != opts.namespace);
+        let caller_pods = match elsewhere {
+            Some(c) => in_namespace(&c.namespace, Some(pods_of(&c.name))),
+            None => NetworkPolicyPeer {
+                pod_selector: Some(pods_of(&rule.from)),
+                ..NetworkPolicyPeer::default()
+            },
+        };
         out.push(policy(
             &format!("allow-{}-to-{}-ingress", rule.from, rule.to),
             &rule.to,
             opts,
             pods_of(&rule.to),
             Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(pods_of(&rule.from)),
-                    ..NetworkPolicyPeer::default()
-                }]),
+                from: Some(vec![caller_pods]),
                 ports: Some(vec![port("TCP", callee.port)]),
             }]),
             None,
         )?);
+        if elsewhere.is_some() {
+            continue;
+        }
         out.push(policy(
             &format!("allow-{}-to-{}-egress", rule.from, rule.to),
             &rule.from,

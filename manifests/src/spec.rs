@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use meshguard_mesh::http::{is_method_token, normalized_path};
 use meshguard_mesh::identity::{validate_dns_label, SpiffeId};
 use meshguard_mesh::model::{
-    CallRule, Mesh, Service, DEFAULT_TRUST_DOMAIN, ORDER_SERVICE, PAYMENT_SERVICE, SERVICE_PORT,
-    USER_SERVICE,
+    CallRule, Client, Mesh, Service, DEFAULT_TRUST_DOMAIN, ORDER_SERVICE, PAYMENT_SERVICE,
+    SERVICE_PORT, USER_SERVICE,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -73,10 +73,38 @@ pub struct MeshSpec {
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     #[schemars(with = "Vec<ServiceSpec>")]
     pub services: Vec<ServiceSpec>,
-    /// Which service may call which. Everything else is denied by the authorization filter and
-    /// dropped by the NetworkPolicies.
+    /// Callers that are not services of the mesh (a front end, an ingress gateway): each may be
+    /// a call's `from`, under its own identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ClientSpec>,
+    /// Which service or client may call which service. Everything else is denied by the
+    /// authorization filter and dropped by the NetworkPolicies.
     #[serde(default)]
     pub calls: Vec<CallSpec>,
+}
+
+/// A caller from outside the call graph: its pods run under a ServiceAccount, in the mesh's
+/// namespace (where meshctl creates that ServiceAccount) or another one, and carry
+/// `app.kubernetes.io/name: <name>`, which the NetworkPolicies select.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientSpec {
+    /// Its name in `calls` and in the metrics' `source` label, and its pods'
+    /// `app.kubernetes.io/name` (a DNS label, not a service's name).
+    pub name: String,
+    /// The namespace its pods run in. Defaults to the mesh's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The ServiceAccount its pods run as: its mesh identity. Defaults to the client's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+impl ClientSpec {
+    /// The ServiceAccount (its mesh identity).
+    pub fn service_account(&self) -> &str {
+        self.service_account.as_deref().unwrap_or(&self.name)
+    }
 }
 
 fn default_trust_domain() -> String {
@@ -487,6 +515,7 @@ impl MeshSpec {
                 ),
                 service(PAYMENT_SERVICE, Scaling::None, 1),
             ],
+            clients: Vec::new(),
             calls: vec![
                 call(USER_SERVICE, ORDER_SERVICE),
                 call(ORDER_SERVICE, PAYMENT_SERVICE),
@@ -513,6 +542,15 @@ impl MeshSpec {
                     name: s.name.clone(),
                     service_account: s.service_account().to_owned(),
                     port: s.port,
+                })
+                .collect(),
+            clients: self
+                .clients
+                .iter()
+                .map(|c| Client {
+                    name: c.name.clone(),
+                    namespace: c.namespace.clone().unwrap_or_else(|| namespace.to_owned()),
+                    service_account: c.service_account().to_owned(),
                 })
                 .collect(),
             calls: self.calls.clone(),
@@ -594,15 +632,73 @@ impl MeshSpec {
         for (i, s) in self.services.iter().enumerate() {
             validate_scaling(&s.scaling, &format!("services[{i}].scaling"), &names)?;
         }
-        for (i, c) in self.calls.iter().enumerate() {
-            let at = |field: &str| format!("calls[{i}].{field}");
-            for (field, service) in [("from", &c.from), ("to", &c.to)] {
-                if !names.contains_key(service.as_str()) {
+        let mut clients: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let at = |field: &str| format!("clients[{i}].{field}");
+            validate_dns_label(&c.name).map_err(|e| SpecError::new(at("name"), e.to_string()))?;
+            if names.contains_key(c.name.as_str()) {
+                return Err(SpecError::new(
+                    at("name"),
+                    format!(
+                        "`{}` is a service: a service calls as itself, a client is a caller from outside the services",
+                        c.name
+                    ),
+                ));
+            }
+            if clients.insert(&c.name, i).is_some() {
+                return Err(SpecError::new(
+                    at("name"),
+                    format!("client `{}` is defined twice", c.name),
+                ));
+            }
+            if let Some(ns) = &c.namespace {
+                validate_dns_label(ns)
+                    .map_err(|e| SpecError::new(at("namespace"), e.to_string()))?;
+            }
+            let account = c.service_account();
+            validate_dns_label(account)
+                .map_err(|e| SpecError::new(at("serviceAccount"), e.to_string()))?;
+            // In the mesh's namespace (wherever that is installed) a client on a service's
+            // account would be that service.
+            if c.namespace.is_none() {
+                if let Some(first) = accounts.get(account) {
                     return Err(SpecError::new(
-                        at(field),
-                        format!("no service named `{service}` (services: {})", list(&names)),
+                        at("serviceAccount"),
+                        format!(
+                            "`{account}` is service `{first}`'s service account: the client would be admitted as that service; give it its own"
+                        ),
                     ));
                 }
+            }
+        }
+        for (i, c) in self.calls.iter().enumerate() {
+            let at = |field: &str| format!("calls[{i}].{field}");
+            if !names.contains_key(c.from.as_str()) && !clients.contains_key(c.from.as_str()) {
+                return Err(SpecError::new(
+                    at("from"),
+                    format!(
+                        "no service or client named `{}` (services: {}{})",
+                        c.from,
+                        list(&names),
+                        if clients.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; clients: {}", list(&clients))
+                        }
+                    ),
+                ));
+            }
+            if clients.contains_key(c.to.as_str()) {
+                return Err(SpecError::new(
+                    at("to"),
+                    format!("`{}` is a client: calls go to services", c.to),
+                ));
+            }
+            if !names.contains_key(c.to.as_str()) {
+                return Err(SpecError::new(
+                    at("to"),
+                    format!("no service named `{}` (services: {})", c.to, list(&names)),
+                ));
             }
             for (j, m) in c.methods.iter().enumerate() {
                 if !is_method_token(m) {

@@ -39,7 +39,9 @@ pub const GKE_ACCELERATOR_LABEL: &str = "cloud.google.com/gke-accelerator";
 pub const POD_RUN_AS_USER: i64 = 10001;
 
 /// `app.kubernetes.io/component` of the workload objects (and their pods).
-const WORKLOAD: &str = "workload";
+pub(crate) const WORKLOAD: &str = "workload";
+/// The component label of a client's ServiceAccount.
+pub(crate) const CLIENT: &str = "client";
 
 /// The namespace: sidecar injection on, Pod Security `restricted` enforced.
 ///
@@ -72,18 +74,21 @@ pub(crate) fn namespace(opts: &RenderOptions) -> Result<DynamicObject, RenderErr
     })
 }
 
-/// The service's identity: its SPIFFE ID is `spiffe://<td>/ns/<ns>/sa/<name>`. No token is
-/// mounted (the services never call the Kubernetes API; Istio's sidecar gets its own projected
-/// token), and no Role is bound to it.
+/// The identity of a service's pods, or of a client's in the mesh's namespace (`component`
+/// says which): its SPIFFE ID is `spiffe://<td>/ns/<ns>/sa/<account>`. No token is mounted (the
+/// services never call the Kubernetes API; Istio's sidecar gets its own projected token), and no
+/// Role is bound to it.
 pub(crate) fn service_account(
-    s: &MeshService,
+    name: &str,
+    account: &str,
+    component: &str,
     opts: &RenderOptions,
 ) -> Result<DynamicObject, RenderError> {
     typed(&ServiceAccount {
         metadata: meta(
-            &s.service_account,
+            account,
             Some(&opts.namespace),
-            labels(&opts.namespace, &s.name, WORKLOAD),
+            labels(&opts.namespace, name, component),
         ),
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()

@@ -161,3 +161,47 @@ fn the_published_json_schema_is_up_to_date() {
         assert!(schema["properties"].get(field).is_some(), "{field}");
     }
 }
+
+#[test]
+fn clients_call_services_and_nothing_calls_them() {
+    let ok = format!(
+        "{HEAD}  - name: a\n    image: r/a:1\nclients:\n  - name: front\n    namespace: web\ncalls:\n  - from: front\n    to: a\n"
+    );
+    let file = MeshFile::parse(Path::new("mesh.yaml"), &ok).unwrap();
+    let mesh = file.spec.mesh("shop").unwrap();
+    assert_eq!(
+        mesh.identity("front").unwrap().to_string(),
+        "spiffe://cluster.local/ns/web/sa/front"
+    );
+
+    let (line, field, message) = error(&format!(
+        "{HEAD}  - name: a\n    image: r/a:1\nclients:\n  - name: front\ncalls:\n  - from: a\n    to: front\n"
+    ));
+    assert_eq!((line, field.as_str()), (10, "calls[0].to"));
+    assert!(message.contains("`front` is a client"), "{message}");
+
+    let (line, field, message) = error(&format!(
+        "{HEAD}  - name: a\n    image: r/a:1\nclients:\n  - name: a\n"
+    ));
+    assert_eq!((line, field.as_str()), (7, "clients[0].name"));
+    assert!(message.contains("`a` is a service"), "{message}");
+
+    // In the mesh's namespace a client on a service's account would be that service.
+    let (line, field, message) = error(&format!(
+        "{HEAD}  - name: a\n    image: r/a:1\nclients:\n  - name: front\n    serviceAccount: a\n"
+    ));
+    assert_eq!((line, field.as_str()), (8, "clients[0].serviceAccount"));
+    assert!(
+        message.contains("service `a`'s service account"),
+        "{message}"
+    );
+
+    let (_, field, message) = error(&format!(
+        "{HEAD}  - name: a\n    image: r/a:1\ncalls:\n  - from: ghost\n    to: a\n"
+    ));
+    assert_eq!(field, "calls[0].from");
+    assert!(
+        message.contains("no service or client named `ghost`"),
+        "{message}"
+    );
+}

@@ -1249,3 +1249,83 @@ fn a_fourth_service_gets_identity_filters_scaling_and_placement() {
         );
     }
 }
+
+#[test]
+fn clients_are_admitted_by_identity_and_by_network_policy() {
+    let mut spec = MeshSpec::reference();
+    let text = "name: storefront\n";
+    spec.clients.push(serde_yaml::from_str(text).unwrap());
+    spec.clients.push(
+        serde_yaml::from_str("name: gateway\nnamespace: ingress\nserviceAccount: gw\n").unwrap(),
+    );
+    for from in ["storefront", "gateway"] {
+        spec.calls
+            .push(serde_yaml::from_str(&format!("from: {from}\nto: user-service\n")).unwrap());
+    }
+    let objects = render(&spec, &RenderOptions::new(NS)).unwrap();
+
+    // The client in the namespace gets its ServiceAccount; the other namespace's is not ours.
+    let accounts: Vec<&str> = of_kind(&objects, "ServiceAccount")
+        .into_iter()
+        .map(name)
+        .collect();
+    assert!(accounts.contains(&"storefront"), "{accounts:?}");
+    assert!(!accounts.contains(&"gw"), "{accounts:?}");
+    let storefront: ServiceAccount = typed(find(&objects, "ServiceAccount", "storefront"));
+    assert_eq!(storefront.automount_service_account_token, Some(false));
+    assert_eq!(storefront.metadata.labels.unwrap()[COMPONENT_KEY], "client");
+
+    // user-service's filter admits both identities, by name.
+    let config: AuthzConfig = serde_json::from_str(
+        plugin(&objects, "user-service-authz")["pluginConfig"]
+            .to_string()
+            .as_str(),
+    )
+    .unwrap();
+    let allowed: Vec<(&str, &str)> = config
+        .allow
+        .iter()
+        .map(|e| (e.from.as_str(), e.service.as_str()))
+        .collect();
+    assert_eq!(
+        allowed,
+        [
+            ("spiffe://cluster.local/ns/shop/sa/storefront", "storefront"),
+            ("spiffe://cluster.local/ns/ingress/sa/gw", "gateway"),
+        ]
+    );
+
+    // Ingress to user-service from each client's pods, in its own namespace; egress only for the
+    // client in the namespace meshctl installs into.
+    let all = policies(&objects);
+    let by_name = |n: &str| all.iter().find(|p| p.metadata.name.as_deref() == Some(n));
+    let local = by_name("allow-storefront-to-user-service-ingress").unwrap();
+    let rule = &local.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0];
+    assert_eq!(pod_peers(rule.from.as_ref().unwrap()), ["storefront"]);
+    assert_eq!(selected(local), "user-service");
+    assert!(by_name("allow-storefront-to-user-service-egress").is_some());
+    let remote = by_name("allow-gateway-to-user-service-ingress").unwrap();
+    let peer = &remote.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0]
+        .from
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        peer.namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["kubernetes.io/metadata.name"],
+        "ingress"
+    );
+    assert_eq!(
+        peer.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()[NAME_KEY],
+        "gateway"
+    );
+    assert!(by_name("allow-gateway-to-user-service-egress").is_none());
+}

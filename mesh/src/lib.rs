@@ -25,5 +25,5 @@ pub mod node;
 pub use authz::{Authorizer, Decision, DenyReason, Facts, RequestFacts, WorkloadCheck};
 pub use config::{AllowEntry, AuthzConfig, ConfigError, LogLevel, MetricsConfig, Mode};
 pub use identity::{IdentityError, SpiffeId};
-pub use model::{CallRule, Mesh, ModelError, Service};
+pub use model::{CallRule, Client, Mesh, ModelError, Service};
 pub use node::NodeFacts;

@@ -26,6 +26,12 @@ pub enum ModelError {
     DuplicateService(String),
     #[error("call rule {index} names unknown service `{service}`")]
     UnknownService { index: usize, service: String },
+    #[error(
+        "call rule {index}: `{client}` is a client: clients call services, nothing calls them"
+    )]
+    CallToClient { index: usize, client: String },
+    #[error("`{0}` names both a service and a client")]
+    ClientIsService(String),
     #[error("call rule {index}: {message}")]
     Rule { index: usize, message: String },
     #[error("no service named `{0}`")]
@@ -53,6 +59,21 @@ pub struct Service {
     pub port: u16,
 }
 
+/// A caller that is not one of the mesh's services: an identity from outside the call graph
+/// (a front end, an ingress gateway's pods) that calls services. Its pods run under
+/// `service_account` in `namespace`: `spiffe://<trust domain>/ns/<namespace>/sa/<account>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    /// Its name in `calls` and in the metrics' `source` label; its pods carry it as
+    /// `app.kubernetes.io/name` (what the NetworkPolicies select).
+    pub name: String,
+    /// The namespace its pods run in.
+    pub namespace: String,
+    /// The ServiceAccount its pods run as: its mesh identity.
+    pub service_account: String,
+}
+
 /// "`from` may call `to`", optionally only with these methods and under these path prefixes.
 // A mesh file's `calls` entries are these, so the schema published for editors (feature
 // `schema`) is this type's.
@@ -70,13 +91,16 @@ pub struct CallRule {
     pub path_prefixes: Vec<String>,
 }
 
-/// The whole system in one namespace: services and the call graph between them.
+/// The whole system in one namespace: services, the clients that call them from outside the
+/// call graph, and the calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mesh {
     pub namespace: String,
     pub trust_domain: String,
     pub services: Vec<Service>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<Client>,
     pub calls: Vec<CallRule>,
 }
 
@@ -103,6 +127,7 @@ impl Mesh {
                 service(ORDER_SERVICE),
                 service(PAYMENT_SERVICE),
             ],
+            clients: Vec::new(),
             calls: vec![
                 call(USER_SERVICE, ORDER_SERVICE),
                 call(ORDER_SERVICE, PAYMENT_SERVICE),
@@ -134,14 +159,44 @@ impl Mesh {
                 });
             }
         }
-        for (index, rule) in self.calls.iter().enumerate() {
-            for service in [&rule.from, &rule.to] {
-                if !names.contains_key(service.as_str()) {
-                    return Err(ModelError::UnknownService {
-                        index,
-                        service: service.clone(),
+        let mut clients = BTreeMap::new();
+        for c in &self.clients {
+            validate_dns_label(&c.name)?;
+            validate_dns_label(&c.namespace)?;
+            validate_dns_label(&c.service_account)?;
+            if names.contains_key(c.name.as_str()) || clients.insert(c.name.as_str(), c).is_some() {
+                return Err(ModelError::ClientIsService(c.name.clone()));
+            }
+            // A client under a service's account would be that service.
+            if c.namespace == self.namespace {
+                if let Some(first) = accounts.insert(c.service_account.as_str(), c.name.as_str()) {
+                    return Err(ModelError::SharedServiceAccount {
+                        first: first.to_owned(),
+                        second: c.name.clone(),
+                        service_account: c.service_account.clone(),
                     });
                 }
+            }
+        }
+        for (index, rule) in self.calls.iter().enumerate() {
+            if !names.contains_key(rule.from.as_str()) && !clients.contains_key(rule.from.as_str())
+            {
+                return Err(ModelError::UnknownService {
+                    index,
+                    service: rule.from.clone(),
+                });
+            }
+            if clients.contains_key(rule.to.as_str()) {
+                return Err(ModelError::CallToClient {
+                    index,
+                    client: rule.to.clone(),
+                });
+            }
+            if !names.contains_key(rule.to.as_str()) {
+                return Err(ModelError::UnknownService {
+                    index,
+                    service: rule.to.clone(),
+                });
             }
             if let Some(m) = rule.methods.iter().find(|m| !is_method_token(m)) {
                 return Err(ModelError::Rule {
@@ -171,14 +226,34 @@ impl Mesh {
             .ok_or_else(|| ModelError::NoSuchService(name.to_owned()))
     }
 
-    /// The SPIFFE identity of a service's pods.
+    /// The client named `name`.
+    pub fn client(&self, name: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.name == name)
+    }
+
+    /// The SPIFFE identity of a service's or a client's pods.
     pub fn identity(&self, name: &str) -> Result<SpiffeId, ModelError> {
+        if let Some(c) = self.client(name) {
+            return Ok(SpiffeId::new(
+                &self.trust_domain,
+                &c.namespace,
+                &c.service_account,
+            )?);
+        }
         let s = self.service(name)?;
         Ok(SpiffeId::new(
             &self.trust_domain,
             &self.namespace,
             &s.service_account,
         )?)
+    }
+
+    /// Every caller's name: the services, then the clients.
+    fn caller_names(&self) -> impl Iterator<Item = &str> {
+        self.services
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.clients.iter().map(|c| c.name.as_str()))
     }
 
     /// Rules whose destination is `name`.
@@ -218,10 +293,10 @@ impl Mesh {
             }
         }
         let mut known_peers = BTreeMap::new();
-        for s in &self.services {
-            let id = self.identity(&s.name)?.to_string();
+        for caller in self.caller_names() {
+            let id = self.identity(caller)?.to_string();
             if !allow.iter().any(|e| e.from == id) {
-                known_peers.insert(id, s.name.clone());
+                known_peers.insert(id, caller.to_owned());
             }
         }
         Ok(AuthzConfig {
@@ -234,8 +309,8 @@ impl Mesh {
         })
     }
 
-    /// The metrics filter's configuration for the pods of `name`: every service of the mesh is a
-    /// known peer, so that a denied call from a known service is still labelled by its name.
+    /// The metrics filter's configuration for the pods of `name`: every service and client of the
+    /// mesh is a known peer, so that a denied call from one is still labelled by its name.
     pub fn metrics_config(
         &self,
         name: &str,
@@ -243,8 +318,8 @@ impl Mesh {
     ) -> Result<MetricsConfig, ModelError> {
         self.service(name)?;
         let mut peers = BTreeMap::new();
-        for s in &self.services {
-            peers.insert(self.identity(&s.name)?.to_string(), s.name.clone());
+        for caller in self.caller_names() {
+            peers.insert(self.identity(caller)?.to_string(), caller.to_owned());
         }
         Ok(MetricsConfig {
             workload: name.to_owned(),
@@ -393,6 +468,75 @@ mod tests {
             cfg.identity.as_deref(),
             Some("spiffe://cluster.local/ns/shop/sa/order-service")
         );
+    }
+
+    #[test]
+    fn clients_call_services_under_their_own_identity() {
+        let mut mesh = Mesh::reference("shop").unwrap();
+        mesh.clients.push(Client {
+            name: "storefront".into(),
+            namespace: "web".into(),
+            service_account: "front".into(),
+        });
+        mesh.calls.push(CallRule {
+            from: "storefront".into(),
+            to: USER_SERVICE.into(),
+            methods: vec!["GET".into()],
+            path_prefixes: vec![],
+        });
+        mesh.validate().unwrap();
+        let user = mesh
+            .authz_config(USER_SERVICE, Mode::Enforce, LogLevel::Info)
+            .unwrap();
+        assert_eq!(user.allow.len(), 1);
+        assert_eq!(user.allow[0].from, "spiffe://cluster.local/ns/web/sa/front");
+        assert_eq!(user.allow[0].service, "storefront");
+        // Known to the others, so that their denials name it.
+        let order = mesh
+            .authz_config(ORDER_SERVICE, Mode::Enforce, LogLevel::Info)
+            .unwrap();
+        assert_eq!(
+            order
+                .known_peers
+                .get("spiffe://cluster.local/ns/web/sa/front"),
+            Some(&"storefront".to_owned())
+        );
+        let metrics = mesh.metrics_config(USER_SERVICE, LogLevel::Info).unwrap();
+        assert_eq!(
+            metrics.peers.get("spiffe://cluster.local/ns/web/sa/front"),
+            Some(&"storefront".to_owned())
+        );
+
+        // Nothing calls a client; a client is not a service; in the mesh's namespace it has an
+        // account of its own.
+        let mut bad = mesh.clone();
+        bad.calls.push(CallRule {
+            from: USER_SERVICE.into(),
+            to: "storefront".into(),
+            methods: vec![],
+            path_prefixes: vec![],
+        });
+        assert!(matches!(
+            bad.validate(),
+            Err(ModelError::CallToClient { index: 3, .. })
+        ));
+        let mut bad = mesh.clone();
+        bad.clients[0].name = ORDER_SERVICE.into();
+        assert_eq!(
+            bad.validate(),
+            Err(ModelError::ClientIsService(ORDER_SERVICE.into()))
+        );
+        let mut bad = mesh.clone();
+        bad.clients[0].namespace = "shop".into();
+        bad.clients[0].service_account = PAYMENT_SERVICE.into();
+        assert!(matches!(
+            bad.validate(),
+            Err(ModelError::SharedServiceAccount { .. })
+        ));
+        // The same account name in another namespace is another identity.
+        let mut ok = mesh;
+        ok.clients[0].service_account = PAYMENT_SERVICE.into();
+        assert!(ok.validate().is_ok());
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub fn narrowed_mesh() -> Mesh {
         namespace: NAMESPACE.to_owned(),
         trust_domain: "cluster.local".to_owned(),
         services: Vec::new(),
+        clients: Vec::new(),
         calls: Vec::new(),
     });
     for rule in &mut mesh.calls {
