@@ -97,7 +97,7 @@ build_services() {
   (cd "$ROOT" && cargo build --quiet --locked --profile services --target x86_64-unknown-linux-musl \
     --target-dir "$ROOT/target/services" -p meshguard-reference-services)
   local f
-  for f in user-service order-service payment-service pause; do
+  for f in user-service order-service payment-service pause call; do
     [ -x "$SERVICES_DIR/$f" ] || die "build produced no $SERVICES_DIR/$f"
     info "$(printf '%-24s %7d bytes (static)' "$f" "$(stat -c %s "$SERVICES_DIR/$f")")"
   done

@@ -23,10 +23,14 @@ use crate::wait;
 /// How many list requests run at once.
 const LIST_CONCURRENCY: usize = 16;
 
-/// Objects Kubernetes or Istio create in every namespace: never a reason to keep it.
-const NAMESPACE_DEFAULTS: [(&str, &str); 3] = [
+/// Objects Kubernetes or Istio create in every namespace: never a reason to keep it. istiod's
+/// namespace controller writes both of its ConfigMaps into every namespace
+/// (`pilot/pkg/serviceregistry/kube/controller/namespacecontroller.go`; `istio-ca-crl` is
+/// `PILOT_CRL_CONFIGMAP`'s default, `pilot/pkg/features/experimental.go`).
+const NAMESPACE_DEFAULTS: [(&str, &str); 4] = [
     ("ConfigMap", "kube-root-ca.crt"),
     ("ConfigMap", "istio-ca-root-cert"),
+    ("ConfigMap", "istio-ca-crl"),
     ("ServiceAccount", "default"),
 ];
 

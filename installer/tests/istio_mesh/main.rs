@@ -27,7 +27,7 @@ mod telemetry;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{meshctl_on, publish_for_install, services_dir, workspace, TestResult};
@@ -38,6 +38,7 @@ use kube::api::{
     PostParams,
 };
 use kube::Client;
+use meshguard_testcluster::callers::{self, Caller};
 use meshguard_testcluster::forward::Forwarder;
 use meshguard_testcluster::istio::{IstioArtifacts, ISTIO_NAMESPACE};
 use meshguard_testcluster::registry::Registry;
@@ -82,6 +83,9 @@ async fn the_filters_decide_every_call_in_istio_sidecars() -> TestResult {
     Ok(())
 }
 
+/// How long a caller pod may take to finish.
+const CALL_WITHIN: Duration = Duration::from_secs(150);
+
 /// Starts `call ARGS` in a pod of `namespace` under `account`.
 async fn start_call(
     client: &Client,
@@ -91,67 +95,18 @@ async fn start_call(
     account: &str,
     args: &[&str],
 ) -> Result<(), BoxError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    pods.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {
-                "restartPolicy": "Never",
-                "serviceAccountName": account,
-                "containers": [{"name": "call", "image": image, "args": args}],
-            },
-        }))?,
-    )
-    .await?;
-    Ok(())
-}
-
-/// The answers `call` has printed so far in pod `name` (one JSON object per request).
-async fn answers_so_far(pods: &Api<Pod>, name: &str) -> Result<Vec<Value>, BoxError> {
-    let log = pods
-        .logs(
-            name,
-            &LogParams {
-                container: Some("call".into()),
-                ..LogParams::default()
-            },
-        )
-        .await?;
-    Ok(log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    let caller = Caller {
+        image,
+        namespace,
+        name,
+        account,
+    };
+    Ok(caller.start(client, args).await?)
 }
 
 /// Waits for `call` in pod `name` to finish and returns its answers.
 async fn answers(client: &Client, namespace: &str, name: &str) -> Result<Vec<Value>, BoxError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    wait_for(
-        &format!("{namespace}/{name} finished"),
-        Duration::from_secs(150),
-        || {
-            let pods = pods.clone();
-            async move {
-                let pod = pods.get(name).await?;
-                let status = pod.status.unwrap_or_default();
-                let done = status
-                    .container_statuses
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| {
-                        c.name == "call" && c.state.as_ref().is_some_and(|s| s.terminated.is_some())
-                    });
-                Ok(if done {
-                    Ok(())
-                } else {
-                    Err(format!("phase {:?}", status.phase))
-                })
-            }
-        },
-    )
-    .await?;
-    answers_so_far(&pods, name).await
+    Ok(callers::answers(client, namespace, name, CALL_WITHIN).await?)
 }
 
 /// Runs `call ARGS` in a pod of `namespace` under `account` and returns its answers.
@@ -201,8 +156,8 @@ async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str)
     )?;
 
     // The reference mesh for real nodes, with user-service scaling on the request rate into
-    // order-service (what the metrics filter counts) instead of order-service's CPU.
-    let mesh = request_rate_mesh(cluster)?;
+    // order-service (what the metrics filter counts), as the demo installs it.
+    let mesh = workspace().join("docs/examples/request-rate.yaml");
     meshctl_install(cluster, &mesh, &flags).await?;
 
     let client = cluster.client().await?;
@@ -339,6 +294,7 @@ async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str)
     );
     telemetry::metrics_in_prometheus(cluster).await?;
     telemetry::request_rate_scales(cluster, &client, &call_image).await?;
+    storefront(&client, &call_image).await?;
 
     let running = service_pods(&pods).await?;
     policy_change(cluster, &client, &call_image, &mesh, &flags).await?;
@@ -360,28 +316,30 @@ async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str)
     xds_accepted(&client, &pods).await
 }
 
-/// docs/examples/real-nodes.yaml with user-service's trigger on order-service's CPU replaced by
-/// one on the request rate into it: 4 requests a second per replica.
-fn request_rate_mesh(cluster: &LocalCluster) -> Result<PathBuf, BoxError> {
-    let source = workspace().join("docs/examples/real-nodes.yaml");
-    let text = std::fs::read_to_string(&source)?;
-    let cpu = "          - cpu:
-              service: order-service
-              threshold: 0.004
-              activationThreshold: 0.001
-";
-    let rate = "          - requestRate:
-              service: order-service
-              threshold: 4
-";
+/// The mesh's client, storefront, in front of user-service: under its own ServiceAccount (which
+/// meshctl made) it gets the whole chain, user → order → payment, and may call nothing else.
+async fn storefront(client: &Client, call_image: &str) -> TestResult {
+    let users = "http://user-service.meshguard:5000/users/7/orders";
+    let front = call(client, call_image, NS, "storefront", "storefront", &[users]).await?;
+    assert_eq!(front.len(), 1, "{front:?}");
+    assert_eq!(front[0]["status"], 200, "{front:?}");
+    let body = front[0]["body"].as_str().unwrap_or_default();
     assert!(
-        text.contains(cpu),
-        "{} has the trigger {cpu:?}",
-        source.display()
+        body.contains("order-service") && body.contains("payment-service"),
+        "user-service's answer holds order-service's and payment-service's: {body}"
     );
-    let path = cluster.dir().join("request-rate.yaml");
-    std::fs::write(&path, text.replace(cpu, rate))?;
-    Ok(path)
+    let direct = call(
+        client,
+        call_image,
+        NS,
+        "storefront-to-orders",
+        "storefront",
+        &[ORDERS],
+    )
+    .await?;
+    assert_eq!(direct[0]["status"], 403, "{direct:?}");
+    assert_eq!(direct[0]["reason"], "unknown_peer", "{direct:?}");
+    Ok(())
 }
 
 /// `meshctl install -f MESH FLAGS` on the cluster, which must succeed, with the sidecars'
@@ -537,20 +495,18 @@ async fn policy_change(
         &watch_until("403:method_not_allowed"),
     )
     .await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     wait_for(
         "the caller answered under the old policy",
         Duration::from_secs(120),
-        || {
-            let pods = pods.clone();
-            async move {
-                let seen = answers_so_far(&pods, name).await.unwrap_or_default();
-                Ok(if seen.len() >= 5 {
-                    Ok(())
-                } else {
-                    Err(format!("{} answers", seen.len()))
-                })
-            }
+        || async move {
+            let seen = callers::answers_so_far(client, NS, name)
+                .await
+                .unwrap_or_default();
+            Ok(if seen.len() >= 5 {
+                Ok(())
+            } else {
+                Err(format!("{} answers", seen.len()))
+            })
         },
     )
     .await?;

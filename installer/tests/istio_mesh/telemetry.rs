@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::Client;
+use meshguard_testcluster::pulse::{self, PulseLoad, PulseOptions};
 use meshguard_testcluster::queries::documented_queries;
 use meshguard_testcluster::wait::until as wait_for;
 use meshguard_testcluster::LocalCluster;
 use serde_json::Value;
 
-use super::{start_call, BoxError, TestResult, NS, ORDERS};
+use super::{BoxError, TestResult, NS, ORDERS};
 
 /// `(metric, labels)` → value, labels as `name=value` joined with `,` in the order queried.
 type Series = BTreeMap<(String, String), f64>;
@@ -270,90 +270,74 @@ pub(super) async fn metrics_in_prometheus(cluster: &LocalCluster) -> TestResult 
     Ok(())
 }
 
-/// The ready replicas of `name`.
-async fn ready(deployments: &Api<Deployment>, name: &str) -> Result<i32, BoxError> {
-    Ok(deployments
-        .get(name)
-        .await?
-        .status
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0))
-}
-
-/// KEDA's request-rate trigger: callers under user-service's account send about 20 requests a
-/// second into order-service; the trigger's query (the rate of `meshguard_requests_total` into
-/// order-service, from the sidecars' filters) takes user-service to its 4 replicas, and back to
-/// 1 once the calls end. (order-service's HPA acts on its CPU meanwhile, its sidecar's
-/// included; the test does not wait for it.)
+/// KEDA's request-rate trigger, in one load pulse (`meshguard_testcluster::pulse`, what the demo
+/// shows): two caller pods under user-service's account send about 20 requests a second into
+/// order-service for two minutes; the trigger's query (the rate of `meshguard_requests_total`
+/// into order-service, from the sidecars' filters) takes user-service to its 4 replicas, and
+/// every service is back at 1 after the calls end, with every call answered. (order-service's
+/// HPA acts on its CPU meanwhile, its sidecar's included.)
 pub(super) async fn request_rate_scales(
     cluster: &LocalCluster,
     client: &Client,
     call_image: &str,
 ) -> TestResult {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let load = ["load-1", "load-2"];
-    for name in load {
-        start_call(
-            client,
-            call_image,
-            NS,
-            name,
-            "user-service",
-            &["--count", "3000", "--interval", "100", ORDERS],
-        )
-        .await?;
-    }
-    let started = Instant::now();
-    let query = meshguard_mesh::metrics::request_rate_query(NS, "order-service");
+    // The pulse ends when every service is back where it started: start from rest.
     wait_for(
-        "user-service at 4 ready replicas",
-        Duration::from_secs(240),
-        || async {
-            let rate = cluster.prometheus_query(&query).await?["data"]["result"][0]["value"][1]
-                .as_str()
-                .unwrap_or("none")
-                .to_owned();
-            let n = ready(&deployments, "user-service").await?;
-            Ok(if n >= 4 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{n} ready; request rate into order-service {rate}/s"
-                ))
-            })
-        },
-    )
-    .await?;
-    println!(
-        "request-rate trigger: user-service at 4 {:.1}s after the load began",
-        started.elapsed().as_secs_f64()
-    );
-    for name in load {
-        pods.delete(name, &DeleteParams::default()).await?;
-    }
-    let ended = Instant::now();
-    wait_for(
-        "user-service back at 1",
+        "every service at 1 ready replica before the pulse",
         Duration::from_secs(300),
         || async {
-            let d = deployments.get("user-service").await?;
-            let status = d.status.unwrap_or_default();
-            let counts = (
-                status.replicas.unwrap_or(0),
-                status.ready_replicas.unwrap_or(0),
-            );
-            Ok(if counts == (1, 1) {
+            let mut seen = Vec::new();
+            for s in ["user-service", "order-service", "payment-service"] {
+                let status = deployments.get(s).await?.status.unwrap_or_default();
+                seen.push((
+                    status.replicas.unwrap_or(0),
+                    status.ready_replicas.unwrap_or(0),
+                ));
+            }
+            Ok(if seen.iter().all(|c| *c == (1, 1)) {
                 Ok(())
             } else {
-                Err(format!("(replicas, ready) {counts:?}"))
+                Err(format!("(replicas, ready) {seen:?}"))
             })
         },
     )
     .await?;
+    let opts = PulseOptions {
+        namespace: NS.to_owned(),
+        target: "order-service".to_owned(),
+        services: ["order-service", "user-service", "payment-service"]
+            .map(str::to_owned)
+            .to_vec(),
+        load: PulseLoad::Callers {
+            image: call_image.to_owned(),
+            account: "user-service".to_owned(),
+            url: ORDERS.to_owned(),
+            callers: 2,
+            interval: Duration::from_millis(100),
+        },
+        duration: Duration::from_secs(120),
+        settle_timeout: Duration::from_secs(300),
+        heartbeat: Duration::from_secs(10),
+        prometheus: Some(cluster.prometheus_url().to_owned()),
+    };
+    let m = pulse::run(client, &opts, |line| println!("{line}")).await?;
+    let peak = m.peaks.get("user-service").copied();
+    assert_eq!(
+        peak.map(|(n, _)| n),
+        Some(4),
+        "user-service's peak: {peak:?}"
+    );
+    let stats = m.requests.ok_or("the pulse counted no calls")?;
+    assert!(stats.ok > 1000, "{stats:?}");
+    assert_eq!(stats.failed, 0, "{stats:?}");
     println!(
-        "request-rate trigger: user-service back at 1 {:.1}s after the load ended",
-        ended.elapsed().as_secs_f64()
+        "request-rate trigger: user-service at 4 {}s after the load began; every service back at 1 {}s after it ended; {} calls answered",
+        peak.map_or(0, |(_, at)| at.as_secs()),
+        m.settled
+            .zip(m.load_end)
+            .map_or(0, |(s, e)| s.saturating_sub(e).as_secs()),
+        stats.ok
     );
     Ok(())
 }

@@ -84,6 +84,9 @@ impl CriSettings<'_> {
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a container may take to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Where containerd's runc shim keeps runc's state, a folder per namespace (runc's `--root`: the
+/// shim's default, `Root` of the runc options, left unset here).
+const RUNC_STATE_ROOT: &str = "/run/containerd/runc";
 
 /// A running containerd of a test's own.
 #[derive(Debug)]
@@ -360,6 +363,9 @@ impl Drop for Containerd {
                 for dir in self.cgroup_dirs() {
                     let _ = std::fs::remove_dir(dir);
                 }
+                // The namespace's runc state folder, empty once every container is deleted
+                // (remove_dir leaves one that is not). A node's is in its own `/run`.
+                let _ = std::fs::remove_dir(Path::new(RUNC_STATE_ROOT).join(&self.namespace));
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -134,6 +134,10 @@ pub enum Error {
     #[error("load pulse: {0}")]
     Pulse(String),
 
+    /// A caller pod (`callers`) could not be made or did not finish.
+    #[error("caller pod: {0}")]
+    Caller(String),
+
     /// The cluster was used after it stopped.
     #[error("the cluster has been stopped")]
     Stopped,

@@ -34,6 +34,7 @@
 //! CRDs' operators are absent.
 
 mod artifacts;
+pub mod callers;
 mod cluster;
 pub mod containerd;
 mod crds;

@@ -875,6 +875,33 @@ impl LocalCluster {
     /// again after PodMonitors change: nothing watches them. Returns the generator's report
     /// (one line per PodMonitor selected).
     pub async fn scrape_pod_monitors(&self) -> Result<String> {
+        let (generated, report) = self.generate_prometheus_config().await?;
+        self.load_prometheus_config(&generated).await?;
+        Ok(report)
+    }
+
+    /// What a PodMonitor controller's watch does, one tick of it: generates Prometheus'
+    /// configuration from the cluster's PodMonitors as [`Self::scrape_pod_monitors`] does, and
+    /// reloads Prometheus only when it differs from the one loaded. The generator's report when
+    /// it did.
+    pub async fn refresh_pod_monitors(&self) -> Result<Option<String>> {
+        let files = self.prometheus_files.as_ref().ok_or(Error::Stopped)?;
+        let (generated, report) = self.generate_prometheus_config().await?;
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
+        };
+        if read(&generated)? == read(&files.config)? {
+            std::fs::remove_file(&generated)
+                .map_err(|e| Error::io(format!("cannot remove {}", generated.display()), e))?;
+            return Ok(None);
+        }
+        self.load_prometheus_config(&generated).await?;
+        Ok(Some(report))
+    }
+
+    /// Runs the Prometheus Operator's generator on the cluster's PodMonitors: the file it wrote
+    /// (next to the loaded configuration) and its report.
+    async fn generate_prometheus_config(&self) -> Result<(PathBuf, String)> {
         let files = self.prometheus_files.as_ref().ok_or(Error::Stopped)?;
         let kubeconfig = self.kubeconfig_path()?;
         let generated = files.config.with_extension("yml.new");
@@ -900,7 +927,14 @@ impl LocalCluster {
                 std::io::Error::other(report.trim().to_owned()),
             ));
         }
-        std::fs::rename(&generated, &files.config)
+        Ok((generated, report))
+    }
+
+    /// Puts `generated` in place of Prometheus' configuration, has Prometheus reload it (SIGHUP)
+    /// and waits until every job in it is loaded.
+    async fn load_prometheus_config(&self, generated: &Path) -> Result<()> {
+        let files = self.prometheus_files.as_ref().ok_or(Error::Stopped)?;
+        std::fs::rename(generated, &files.config)
             .map_err(|e| Error::io(format!("cannot replace {}", files.config.display()), e))?;
         let prometheus = self.component("prometheus").ok_or(Error::Stopped)?;
         let pid = rustix::process::Pid::from_raw(prometheus.pid() as i32).ok_or(Error::Stopped)?;
@@ -932,7 +966,7 @@ impl LocalCluster {
             },
         )
         .await?;
-        Ok(report)
+        Ok(())
     }
 
     /// Runs an instant PromQL query and returns Prometheus' JSON answer.
@@ -943,14 +977,7 @@ impl LocalCluster {
 
     /// `GET path` on Prometheus' HTTP API (e.g. `/api/v1/targets`): its JSON answer.
     pub async fn prometheus_api(&self, path: &str) -> Result<serde_json::Value> {
-        let response = http_get_loopback(self.prometheus_port(), path)
-            .await
-            .map_err(|e| Error::io("querying Prometheus", e))?;
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-        serde_json::from_str(body).map_err(|e| Error::Io {
-            context: "Prometheus' answer".to_owned(),
-            source: std::io::Error::other(format!("{e}: {body}")),
-        })
+        crate::queries::get_json(self.prometheus_port(), path).await
     }
 
     /// The names of the nodes, CPU pool first.
@@ -1371,7 +1398,7 @@ async fn apply_api_endpoint(client: &Client, endpoint: SocketAddr) -> Result<()>
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -3,9 +3,13 @@
 //! every service is back at its resting replica count.
 //!
 //! The load is either real requests at a fixed rate to a service's ClusterIP (real nodes:
-//! [`PulseLoad::Requests`], with what was answered and what failed each second), or a simulated
-//! CPU figure on the target (kwok's nodes: [`PulseLoad::SimulatedCpu`]). Either way the timeline
-//! shows the target's CPU as metrics.k8s.io reports it, which is what its HPA reads.
+//! [`PulseLoad::Requests`], with what was answered and what failed each second), caller pods in
+//! the mesh, each sending requests through its own sidecar under a service account (Istio:
+//! [`PulseLoad::Callers`]), or a simulated CPU figure on the target (kwok's nodes:
+//! [`PulseLoad::SimulatedCpu`]). Either way the timeline shows the target's CPU as
+//! metrics.k8s.io reports it, which is what its HPA reads, and, given Prometheus, the request
+//! rate into the target as the metrics filter counts it, which is what KEDA's `requestRate`
+//! trigger reads.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,8 +22,12 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use tokio::time::Instant;
 
+use meshguard_mesh::metrics::request_rate_query;
+
+use crate::callers::{self, Caller};
 use crate::error::{Error, Result};
 use crate::load::{self, LOAD_ANNOTATION};
+use crate::queries;
 use crate::traffic::{Stats, Traffic};
 
 /// Consecutive failed reads of the cluster after which a pulse gives up.
@@ -42,6 +50,9 @@ pub struct PulseOptions {
     pub settle_timeout: Duration,
     /// A line is printed on every change, and at least this often.
     pub heartbeat: Duration,
+    /// Prometheus' URL (`http://127.0.0.1:PORT`): the timeline then shows the request rate into
+    /// the target that the filters' `meshguard_requests_total` gives.
+    pub prometheus: Option<String>,
 }
 
 /// What a pulse puts on the system.
@@ -61,6 +72,25 @@ pub enum PulseLoad {
         /// The path, `{n}` replaced.
         path: String,
     },
+    /// `callers` pods running `call` (tests/services) from `image` under service account
+    /// `account`, each sending one GET to `url` every `interval` until the load ends.
+    Callers {
+        /// The `call` image.
+        image: String,
+        /// The service account they run as: their identity in the mesh.
+        account: String,
+        /// What they call.
+        url: String,
+        /// How many pods.
+        callers: u32,
+        /// Between one pod's requests.
+        interval: Duration,
+    },
+}
+
+/// The name of caller pod `i` of a pulse.
+fn caller_name(i: u32) -> String {
+    format!("pulse-caller-{i}")
 }
 
 /// One service at one moment.
@@ -243,6 +273,7 @@ async fn current_load(client: &Client, opts: &PulseOptions) -> Result<u64> {
 /// answered and failed requests.
 fn load_cell(opts: &PulseOptions, load: u64, traffic: Option<&Traffic>) -> String {
     match (&opts.load, traffic) {
+        (PulseLoad::Callers { .. }, _) => format!("{load} callers"),
         (PulseLoad::Requests { .. }, Some(traffic)) => {
             let last = traffic.last_second();
             format!(
@@ -259,12 +290,18 @@ fn load_cell(opts: &PulseOptions, load: u64, traffic: Option<&Traffic>) -> Strin
 fn line(
     t: Duration,
     load: &str,
+    rate: Option<Option<f64>>,
     cpu: Option<f64>,
     states: &[ServiceState],
     widths: &[usize],
 ) -> String {
     let cpu = cpu.map_or_else(|| "-".to_owned(), |m| format!("{m:.0}m"));
-    let mut out = format!("{:>6}  {load:>22}  {cpu:>6}", format!("+{}s", t.as_secs()));
+    let mut out = format!("{:>6}  {load:>22}", format!("+{}s", t.as_secs()));
+    if let Some(rate) = rate {
+        let rate = rate.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}/s"));
+        let _ = write!(out, "  {rate:>8}");
+    }
+    let _ = write!(out, "  {cpu:>6}");
     for (state, w) in states.iter().zip(widths) {
         let _ = write!(out, "  {:<w$}", state.cell(), w = *w);
     }
@@ -279,8 +316,18 @@ pub async fn run(
     mut print: impl FnMut(&str),
 ) -> Result<Milestones> {
     let result = run_inner(client, opts, &mut print).await;
-    if result.is_err() && matches!(opts.load, PulseLoad::SimulatedCpu(_)) {
-        let _ = load::set_load(client, &opts.namespace, &opts.target, 0).await;
+    if result.is_err() {
+        match &opts.load {
+            PulseLoad::SimulatedCpu(_) => {
+                let _ = load::set_load(client, &opts.namespace, &opts.target, 0).await;
+            }
+            PulseLoad::Callers { callers, .. } => {
+                for i in 0..*callers {
+                    let _ = callers::delete(client, &opts.namespace, &caller_name(i)).await;
+                }
+            }
+            PulseLoad::Requests { .. } => {}
+        }
     }
     result
 }
@@ -294,20 +341,86 @@ async fn run_inner(
     let widths: Vec<usize> = opts.services.iter().map(|s| s.len().max(24)).collect();
     let load_title = match &opts.load {
         PulseLoad::Requests { service, .. } => format!("requests ({service})"),
+        PulseLoad::Callers { account, .. } => format!("callers ({account})"),
         PulseLoad::SimulatedCpu(_) => format!("load ({})", opts.target),
     };
-    let mut header = format!("{:>6}  {load_title:>22}  {:>6}", "time", "CPU");
+    let rate_query = opts
+        .prometheus
+        .as_ref()
+        .map(|url| (url, request_rate_query(&opts.namespace, &opts.target)));
+    let mut header = format!("{:>6}  {load_title:>22}", "time");
+    if rate_query.is_some() {
+        let _ = write!(header, "  {:>8}", "requests");
+    }
+    let _ = write!(header, "  {:>6}", "CPU");
     for (s, w) in opts.services.iter().zip(&widths) {
         let _ = write!(header, "  {s:<w$}", w = *w);
     }
     print(header.trim_end());
+    if rate_query.is_some() {
+        print(&format!(
+            "{:>6}  {:>22}  (requests: the rate into {} over the last minute, from the filters' meshguard_requests_total in Prometheus)",
+            "", "", opts.target
+        ));
+    }
     print(&format!(
-        "{:>6}  {:>22}  {:>6}  (CPU: {}'s pods, metrics.k8s.io; each service: ready/desired replicas, then running pods by node pool)",
-        "", "", "", opts.target
+        "{:>6}  {:>22}  (CPU: {}'s pods, metrics.k8s.io; each service: ready/desired replicas, then running pods by node pool)",
+        "", "", opts.target
     ));
     let traffic = match &opts.load {
         PulseLoad::SimulatedCpu(millis) => {
             load::set_load(client, &opts.namespace, &opts.target, *millis).await?;
+            None
+        }
+        PulseLoad::Callers {
+            image,
+            account,
+            url,
+            callers,
+            interval,
+        } => {
+            // The system answers this caller before the load starts.
+            let waited = Instant::now();
+            let probe = Caller {
+                image,
+                namespace: &opts.namespace,
+                name: "pulse-probe",
+                account,
+            };
+            let answers = probe
+                .run(
+                    client,
+                    &["--until", "200", "--interval", "500", "--count", "120", url],
+                    Duration::from_secs(120),
+                )
+                .await;
+            callers::delete(client, &opts.namespace, probe.name).await?;
+            let answers = answers?;
+            if !answers.last().is_some_and(callers::answered) {
+                return Err(Error::Pulse(format!(
+                    "{url} does not answer a caller under {account}: {:?}",
+                    answers.last()
+                )));
+            }
+            print(&format!(
+                "{:>6}  {url} answers a caller under {account} (after {:.1}s)",
+                "",
+                waited.elapsed().as_secs_f64()
+            ));
+            let count = (opts.duration.as_millis() / interval.as_millis().max(1)).max(1) + 1;
+            let count = count.to_string();
+            let interval = interval.as_millis().to_string();
+            for i in 0..*callers {
+                let name = caller_name(i);
+                Caller {
+                    image,
+                    namespace: &opts.namespace,
+                    name: &name,
+                    account,
+                }
+                .start(client, &["--count", &count, "--interval", &interval, url])
+                .await?;
+            }
             None
         }
         PulseLoad::Requests {
@@ -365,9 +478,12 @@ async fn run_inner(
     loop {
         let t = start.elapsed();
         if milestones.load_end.is_none() && t >= opts.duration {
-            match &traffic {
-                Some(traffic) => traffic.set_rate(0),
-                None => load::set_load(client, &opts.namespace, &opts.target, 0).await?,
+            match (&traffic, &opts.load) {
+                (Some(traffic), _) => traffic.set_rate(0),
+                (None, PulseLoad::Callers { callers, .. }) => {
+                    milestones.requests = Some(stop_callers(client, opts, *callers).await?);
+                }
+                (None, _) => load::set_load(client, &opts.namespace, &opts.target, 0).await?,
             }
             milestones.load_end = Some(t);
             print(&format!("{:>6}  load off", format!("+{}s", t.as_secs())));
@@ -375,9 +491,16 @@ async fn run_inner(
         // A failed read (a connection the API server drops under load) is retried on the next
         // tick; only a run of them fails the pulse.
         let read = async {
-            let load = match &traffic {
-                Some(traffic) => u64::from(traffic.rate()),
-                None => current_load(client, opts).await?,
+            let load = match (&traffic, &opts.load) {
+                (Some(traffic), _) => u64::from(traffic.rate()),
+                (None, PulseLoad::Callers { callers, .. }) => {
+                    if milestones.load_end.is_some() {
+                        0
+                    } else {
+                        u64::from(*callers)
+                    }
+                }
+                (None, _) => current_load(client, opts).await?,
             };
             Ok::<_, Error>((load, snapshot(client, opts).await?))
         };
@@ -412,9 +535,14 @@ async fn run_inner(
         let changed = last.as_ref() != Some(&(load, states.clone()));
         if changed || last_print.elapsed() >= opts.heartbeat {
             let cpu = target_cpu(client, opts).await;
+            let rate = match &rate_query {
+                Some((url, promql)) => Some(prometheus_value(url, promql).await),
+                None => None,
+            };
             print(&line(
                 t,
                 &load_cell(opts, load, traffic.as_ref()),
+                rate,
                 cpu,
                 &states,
                 &widths,
@@ -442,6 +570,34 @@ async fn run_inner(
         last = Some((load, states));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Reads every caller's answers, then deletes the pods: what was answered and what was not.
+async fn stop_callers(client: &Client, opts: &PulseOptions, callers: u32) -> Result<Stats> {
+    let mut stats = Stats::default();
+    for i in 0..callers {
+        let name = caller_name(i);
+        let answers = callers::answers_so_far(client, &opts.namespace, &name).await;
+        callers::delete(client, &opts.namespace, &name).await?;
+        for answer in answers? {
+            if callers::answered(&answer) {
+                stats.ok += 1;
+            } else {
+                stats.failed += 1;
+                if stats.errors.len() < 20 {
+                    stats.errors.push((0, format!("{name}: {answer}")));
+                }
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// The value of an instant PromQL query with one series, from Prometheus at `url`; `None` when
+/// it cannot be read or has no series yet.
+async fn prometheus_value(url: &str, promql: &str) -> Option<f64> {
+    let json = queries::instant(url, promql).await.ok()?;
+    json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
 #[cfg(test)]

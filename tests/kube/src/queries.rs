@@ -50,6 +50,40 @@ pub fn documented_queries(namespace: &str) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Runs an instant PromQL query on the Prometheus at `url` (`http://127.0.0.1:PORT`, as the
+/// local cluster gives it) and returns its JSON answer.
+pub async fn instant(url: &str, promql: &str) -> Result<serde_json::Value> {
+    let port: u16 = url
+        .strip_prefix("http://127.0.0.1:")
+        .map(|rest| rest.trim_end_matches('/'))
+        .and_then(|port| port.parse().ok())
+        .ok_or_else(|| {
+            Error::io(
+                format!("Prometheus at {url}"),
+                std::io::Error::other("not an http://127.0.0.1:PORT address"),
+            )
+        })?;
+    let path = format!(
+        "/api/v1/query?query={}",
+        crate::local::percent_encode(promql)
+    );
+    get_json(port, &path).await
+}
+
+/// `GET path` on the Prometheus HTTP API on 127.0.0.1:`port`: its JSON answer.
+pub(crate) async fn get_json(port: u16, path: &str) -> Result<serde_json::Value> {
+    let response = crate::cluster::http_get_loopback(port, path)
+        .await
+        .map_err(|e| Error::io("querying Prometheus", e))?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).map_err(|e| {
+        Error::io(
+            "Prometheus' answer",
+            std::io::Error::other(format!("{e}: {body}")),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,16 @@
 //! it, kubectl, watching the autoscalers), sets a service's simulated load, and drives a load
 //! pulse with a timeline.
 
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use meshguard_testcluster::callers::{self, Caller};
+use meshguard_testcluster::forward::Forwarder;
+use meshguard_testcluster::istio::IstioArtifacts;
+use meshguard_testcluster::queries;
 
 use meshguard_testcluster::pulse::{self, PulseLoad, PulseOptions};
 use meshguard_testcluster::registry::Registry;
@@ -16,8 +23,13 @@ use tokio::signal::unix::{signal, SignalKind};
 const USAGE: &str = "\
 usage: meshguard-devcluster [up] [OPTIONS]
        meshguard-devcluster load --kubeconfig PATH [--namespace NS] DEPLOYMENT CPU
-       meshguard-devcluster pulse --kubeconfig PATH [--namespace NS] [--cpu CPU]
-                                  [--for SECONDS] [--settle-timeout SECONDS]
+       meshguard-devcluster pulse --kubeconfig PATH [--namespace NS] [--cpu CPU | --rate N |
+                                  --callers N --image IMAGE] [--for SECONDS]
+                                  [--settle-timeout SECONDS] [--prometheus URL]
+       meshguard-devcluster call --kubeconfig PATH [--namespace NS] --image IMAGE
+                                 --account SA [--expect STATUS|refused] URL
+                                 [-- CALL-OPTIONS]
+       meshguard-devcluster metrics --prometheus URL [--namespace NS]
 
 up (the default) starts the local cluster: kube-apiserver and etcd, kube-scheduler,
 kube-controller-manager, kwok (simulated nodes: a CPU pool and a GPU pool),
@@ -49,6 +61,14 @@ arrives; then it stops every process.
                      registry, MESHGUARD_REGISTRY from tests/istio/build.sh)
                      that the real nodes pull from over plain HTTP; its
                      address is printed as REGISTRY=
+  --istio            also install Istio (istiod, with its sidecar injector and
+                     CA) with istioctl, from MESHGUARD_ISTIO_BIN_DIR
+                     (tests/istio/build.sh) and MESHGUARD_ENVOY
+                     (tests/envoy/install.sh); implies --registry, which is
+                     then published on the first real node's address so that
+                     the sidecars fetch Wasm modules from it, and needs a real
+                     node. Prometheus follows the PodMonitors as the
+                     Prometheus Operator would, every 5 s
   --ignore-stdin     do not stop when stdin closes (for running in the
                      background with stdin on /dev/null)
 
@@ -63,8 +83,25 @@ reports it, each service's replicas and node pools) until every service is back
 where it started, at most --settle-timeout seconds (default 600) after the load
 ends. The load is --rate real requests a second through user-service's
 ClusterIP (GET /users/<n>/orders: user -> order -> payment; real nodes), with
-what was answered and what failed each second, or else --cpu simulated cores
-on order-service (default 2; kwok's nodes).
+what was answered and what failed each second; or --callers pods in the mesh
+running `call` from --image under --account (default user-service), each
+sending one request every --interval milliseconds (default 100) to --url
+(default order-service's /orders: order -> payment) through its own sidecar
+(Istio); or else --cpu simulated cores on order-service (default 2; kwok's
+nodes). With --prometheus URL the timeline also shows the request rate into
+order-service from the filters' metrics, which KEDA's requestRate trigger
+reads.
+
+call runs `call` (tests/services) once in a pod of the namespace under service
+account --account (created if missing, and then removed), prints its answers
+(one JSON object per request) and removes the pod. Options after -- go to
+call (--count, --interval, --grpc, ...). With --expect STATUS, exits 1 unless
+every answer has that HTTP status; with --expect refused, unless no request got
+an answer at all (the connection was refused or reset).
+
+metrics prints the filters' series of the namespace from Prometheus, with their
+labels, each summed over the pods that served it in the last 15 minutes (so
+pods the autoscalers removed count too; histogram buckets left out).
 
   -h, --help         show this help
 
@@ -82,6 +119,7 @@ struct UpArgs {
     real_cpu_nodes: u32,
     real_gpu_nodes: u32,
     registry: bool,
+    istio: bool,
     kubeconfig: Option<PathBuf>,
     info: Option<PathBuf>,
     ignore_stdin: bool,
@@ -104,7 +142,48 @@ enum Command {
         load: PulseLoad,
         duration: Duration,
         settle_timeout: Duration,
+        prometheus: Option<String>,
     },
+    Call {
+        target: ClientArgs,
+        image: String,
+        account: String,
+        expect: Option<Expect>,
+        args: Vec<String>,
+    },
+    Metrics {
+        prometheus: String,
+        namespace: String,
+    },
+}
+
+/// What `call --expect` wants of every answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Status(u16),
+    Refused,
+}
+
+impl Expect {
+    fn parse(text: &str) -> Result<Self, String> {
+        if text == "refused" {
+            return Ok(Expect::Refused);
+        }
+        text.parse()
+            .ok()
+            .filter(|s| (100..=599).contains(s))
+            .map(Expect::Status)
+            .ok_or(format!(
+                "--expect: {text:?} is neither an HTTP status nor `refused`"
+            ))
+    }
+
+    fn holds(self, answer: &serde_json::Value) -> bool {
+        match self {
+            Expect::Status(status) => answer["status"] == status,
+            Expect::Refused => answer.get("status").is_none() && answer.get("error").is_some(),
+        }
+    }
 }
 
 fn value(it: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
@@ -119,7 +198,7 @@ fn number(text: &str, flag: &str) -> Result<u32, String> {
 fn parse_args() -> Result<Option<Command>, String> {
     let mut it = std::env::args().skip(1).peekable();
     let command = match it.peek().map(String::as_str) {
-        Some("load" | "pulse" | "up") => it.next().unwrap_or_default(),
+        Some("load" | "pulse" | "up" | "call" | "metrics") => it.next().unwrap_or_default(),
         _ => "up".to_owned(),
     };
     let mut up = UpArgs {
@@ -132,6 +211,7 @@ fn parse_args() -> Result<Option<Command>, String> {
         real_cpu_nodes: 0,
         real_gpu_nodes: 0,
         registry: false,
+        istio: false,
         kubeconfig: None,
         info: None,
         ignore_stdin: false,
@@ -142,9 +222,26 @@ fn parse_args() -> Result<Option<Command>, String> {
     let mut rate: Option<u32> = None;
     let mut duration = 90u32;
     let mut settle = 600u32;
+    let mut callers: Option<u32> = None;
+    let mut image: Option<String> = None;
+    let mut account: Option<String> = None;
+    let mut url: Option<String> = None;
+    let mut interval = 100u32;
+    let mut prometheus: Option<String> = None;
+    let mut expect: Option<Expect> = None;
+    let mut passed = Vec::new();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
+            "--" => passed.extend(it.by_ref()),
+            "--istio" => up.istio = true,
+            "--callers" => callers = Some(number(&value(&mut it, &arg)?, &arg)?),
+            "--image" => image = Some(value(&mut it, &arg)?),
+            "--account" => account = Some(value(&mut it, &arg)?),
+            "--url" => url = Some(value(&mut it, &arg)?),
+            "--interval" => interval = number(&value(&mut it, &arg)?, &arg)?,
+            "--prometheus" => prometheus = Some(value(&mut it, &arg)?),
+            "--expect" => expect = Some(Expect::parse(&value(&mut it, &arg)?)?),
             "--ignore-stdin" => up.ignore_stdin = true,
             "--api-only" => up.api_only = true,
             "--kubeconfig" => up.kubeconfig = Some(PathBuf::from(value(&mut it, &arg)?)),
@@ -194,20 +291,55 @@ fn parse_args() -> Result<Option<Command>, String> {
             if !positional.is_empty() {
                 return Err(format!("unexpected arguments {positional:?}"));
             }
-            let load = match rate {
-                Some(rate) => PulseLoad::Requests {
+            let load = match (rate, callers) {
+                (Some(_), Some(_)) => {
+                    return Err("--rate and --callers are two kinds of load: pick one".to_owned())
+                }
+                (Some(rate), None) => PulseLoad::Requests {
                     rate,
                     service: "user-service".to_owned(),
                     port: 5000,
                     path: "/users/{n}/orders".to_owned(),
                 },
-                None => PulseLoad::SimulatedCpu(load::parse_load(&cpu)?),
+                (None, Some(callers)) => PulseLoad::Callers {
+                    image: image.ok_or("--callers needs the call image (--image)")?,
+                    account: account.unwrap_or_else(|| "user-service".to_owned()),
+                    url: url.unwrap_or_else(|| {
+                        format!("http://order-service.{namespace}:5000/orders?user_id=7")
+                    }),
+                    callers,
+                    interval: Duration::from_millis(interval.max(1).into()),
+                },
+                (None, None) => PulseLoad::SimulatedCpu(load::parse_load(&cpu)?),
             };
             Ok(Some(Command::Pulse {
                 target: target(up.kubeconfig)?,
                 load,
                 duration: Duration::from_secs(duration.into()),
                 settle_timeout: Duration::from_secs(settle.into()),
+                prometheus,
+            }))
+        }
+        "call" => {
+            let [url] = <[String; 1]>::try_from(positional).map_err(|_| {
+                "call needs one URL (options for call itself go after --)".to_owned()
+            })?;
+            passed.push(url);
+            Ok(Some(Command::Call {
+                target: target(up.kubeconfig)?,
+                image: image.ok_or("call needs the call image (--image)")?,
+                account: account.ok_or("call needs a service account (--account)")?,
+                expect,
+                args: passed,
+            }))
+        }
+        "metrics" => {
+            if !positional.is_empty() {
+                return Err(format!("unexpected arguments {positional:?}"));
+            }
+            Ok(Some(Command::Metrics {
+                prometheus: prometheus.ok_or("metrics needs Prometheus' URL (--prometheus)")?,
+                namespace,
             }))
         }
         _ => {
@@ -219,6 +351,15 @@ fn parse_args() -> Result<Option<Command>, String> {
                     "--simulate goes with --api-only: the full cluster has real nodes and metrics"
                         .to_owned(),
                 );
+            }
+            if up.istio {
+                if up.api_only || up.real_cpu_nodes + up.real_gpu_nodes == 0 {
+                    return Err(
+                        "--istio needs a real node (--real-cpu-nodes or --real-gpu-nodes): istiod and the sidecars run there"
+                            .to_owned(),
+                    );
+                }
+                up.registry = true;
             }
             Ok(Some(Command::Up(up)))
         }
@@ -268,7 +409,19 @@ async fn main() -> ExitCode {
             load,
             duration,
             settle_timeout,
-        } => run_pulse(&target, load, duration, settle_timeout).await,
+            prometheus,
+        } => run_pulse(&target, load, duration, settle_timeout, prometheus).await,
+        Command::Call {
+            target,
+            image,
+            account,
+            expect,
+            args,
+        } => run_call(&target, &image, &account, expect, &args).await,
+        Command::Metrics {
+            prometheus,
+            namespace,
+        } => print_metrics(&prometheus, &namespace).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -304,6 +457,7 @@ async fn run_pulse(
     load: PulseLoad,
     duration: Duration,
     settle_timeout: Duration,
+    prometheus: Option<String>,
 ) -> AnyResult {
     let client = client(target).await?;
     let opts = PulseOptions {
@@ -313,12 +467,13 @@ async fn run_pulse(
             .map(str::to_owned)
             .to_vec(),
         heartbeat: Duration::from_secs(match load {
-            PulseLoad::Requests { .. } => 5,
+            PulseLoad::Requests { .. } | PulseLoad::Callers { .. } => 5,
             PulseLoad::SimulatedCpu(_) => 15,
         }),
         load,
         duration,
         settle_timeout,
+        prometheus,
     };
     let m = pulse::run(&client, &opts, |line| println!("{line}")).await?;
     let secs = |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("+{}s", d.as_secs()));
@@ -354,6 +509,144 @@ async fn run_pulse(
         }
     }
     Ok(())
+}
+
+/// How long `call` may take in its pod, sidecar start and image pull included.
+const CALL_WITHIN: Duration = Duration::from_secs(180);
+
+async fn run_call(
+    target: &ClientArgs,
+    image: &str,
+    account: &str,
+    expect: Option<Expect>,
+    args: &[String],
+) -> AnyResult {
+    let client = client(target).await?;
+    let ns = target.namespace.as_str();
+    let created = callers::ensure_service_account(&client, ns, account).await?;
+    if created {
+        eprintln!("meshguard-devcluster: created ServiceAccount {ns}/{account} for this call");
+    }
+    let name = format!("call-{account}-{}", std::process::id());
+    let caller = Caller {
+        image,
+        namespace: ns,
+        name: &name,
+        account,
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let answers = caller.run(&client, &args, CALL_WITHIN).await;
+    let removed = callers::delete(&client, ns, &name).await;
+    if created {
+        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), ns);
+        accounts.delete(account, &Default::default()).await?;
+    }
+    let answers = answers?;
+    removed?;
+    for answer in &answers {
+        println!("{answer}");
+    }
+    if answers.is_empty() {
+        return Err(format!("{name} printed no answer").into());
+    }
+    if let Some(expect) = expect {
+        if let Some(other) = answers.iter().find(|a| !expect.holds(a)) {
+            return Err(format!("expected {expect:?} of every answer, got {other}").into());
+        }
+    }
+    Ok(())
+}
+
+/// How far back `metrics` looks: pods the autoscalers removed since count too.
+const METRICS_WINDOW: &str = "15m";
+
+async fn print_metrics(prometheus: &str, namespace: &str) -> AnyResult {
+    use meshguard_mesh::metrics::{
+        ALLOWED_TOTAL, DENIALS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS,
+    };
+    println!(
+        "(each series summed over the pods that served it in the last {METRICS_WINDOW}, their last values; histogram buckets left out)"
+    );
+    let names = [
+        REQUESTS_TOTAL.to_owned(),
+        format!("{REQUEST_DURATION_MS}_count"),
+        format!("{REQUEST_DURATION_MS}_sum"),
+        ALLOWED_TOTAL.to_owned(),
+        DENIALS_TOTAL.to_owned(),
+    ];
+    let mut any = false;
+    for name in names {
+        // A pod's counter at its last scrape, summed over pods: the labels the filters set stay.
+        let promql = format!(
+            "sum without (instance, pod, job, container, endpoint, namespace) (max_over_time({name}{{namespace=\"{namespace}\"}}[{METRICS_WINDOW}]))"
+        );
+        let answer = queries::instant(prometheus, &promql).await?;
+        let mut lines: Vec<String> = answer["data"]["result"]
+            .as_array()
+            .ok_or_else(|| format!("Prometheus answered {answer}"))?
+            .iter()
+            .map(|series| {
+                let labels: Vec<String> = series["metric"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or_default()))
+                    .collect();
+                let value = series["value"][1].as_str().unwrap_or_default();
+                let value = value
+                    .parse::<f64>()
+                    .map_or(value.to_owned(), |v| format!("{v:.0}"));
+                format!("{name}{{{}}} {value}", labels.join(","))
+            })
+            .collect();
+        lines.sort();
+        any |= !lines.is_empty();
+        for line in lines {
+            println!("{line}");
+        }
+    }
+    if !any {
+        return Err(
+            format!("Prometheus holds no meshguard_* series of namespace {namespace}").into(),
+        );
+    }
+    Ok(())
+}
+
+/// Istio on the local cluster: the registry published on the first real node's address (the
+/// sidecars' agents fetch Wasm modules from it, and the nodes pull images from it), Istio's
+/// images assembled and pushed there, istiod installed by istioctl.
+async fn install_istio(
+    cluster: &LocalCluster,
+    registry: &Registry,
+    log: &Path,
+) -> Result<Forwarder, Box<dyn std::error::Error>> {
+    let artifacts = IstioArtifacts::from_env()?;
+    let node_ip: IpAddr = cluster
+        .real_nodes()
+        .first()
+        .ok_or("--istio needs a real node")?
+        .ip
+        .parse()?;
+    let local: SocketAddr = registry.addr().parse()?;
+    let published = Forwarder::start(SocketAddr::new(node_ip, local.port()), local)?;
+    let address = published.address().to_string();
+    cluster.trust_plain_http_registry(&address)?;
+    eprintln!("meshguard-devcluster: pushing Istio's pilot and proxyv2 images to {address}");
+    let images = artifacts.push_images(&address, "meshguard-local")?;
+    let insecure =
+        format!("meshConfig.defaultConfig.proxyMetadata.WASM_INSECURE_REGISTRIES={address}");
+    eprintln!(
+        "meshguard-devcluster: istioctl install (istiod on a real node; log {})",
+        log.display()
+    );
+    let kubeconfig = cluster.kubeconfig_path()?.to_path_buf();
+    let log = log.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        artifacts.install(&kubeconfig, &images, &[insecure.as_str()], &log)
+    })
+    .await??;
+    Ok(published)
 }
 
 async fn up(args: UpArgs) -> AnyResult {
@@ -453,12 +746,34 @@ async fn up(args: UpArgs) -> AnyResult {
         (Running::Full(c), true) => {
             let registry = Registry::start(&dir.join("registry"), None, None)?;
             c.trust_plain_http_registry(registry.addr())?;
-            info.push_str(&format!("REGISTRY={}\n", registry.addr()));
             Some(registry)
         }
         (Running::ApiOnly(_), true) => return Err("--registry goes with the full cluster".into()),
         (_, false) => None,
     };
+    let published = match (&running, &registry, args.istio) {
+        (Running::Full(c), Some(registry), true) => {
+            let log = dir.join("istioctl.log");
+            let istio = tokio::select! {
+                i = install_istio(c, registry, &log) => Some(i),
+                _ = sigint.recv() => None,
+                _ = sigterm.recv() => None,
+            };
+            // Returning drops the cluster, which stops it.
+            match istio {
+                Some(forwarder) => Some(forwarder?),
+                None => return Ok(()),
+            }
+        }
+        _ => None,
+    };
+    let registry_address = published
+        .as_ref()
+        .map(|f| f.address().to_string())
+        .or_else(|| registry.as_ref().map(|r| r.addr().to_owned()));
+    if let Some(address) = &registry_address {
+        info.push_str(&format!("REGISTRY={address}\n"));
+    }
     if let Some(path) = &args.info {
         let tmp = path.with_extension("meshguard-devcluster.tmp");
         std::fs::write(&tmp, &info)?;
@@ -473,27 +788,55 @@ async fn up(args: UpArgs) -> AnyResult {
             .as_ref()
             .map(|u| format!("\n  Prometheus: {u} (pass it to meshctl install --prometheus-address)"))
             .unwrap_or_default()
-            + &registry
+            + &registry_address
                 .as_ref()
-                .map(|r| format!("\n  Registry: {} (meshctl publish --repository {}/meshguard --plain-http --services)", r.addr(), r.addr()))
-                .unwrap_or_default(),
+                .map(|r| format!("\n  Registry: {r} (meshctl publish --repository {r}/meshguard --plain-http --services)"))
+                .unwrap_or_default()
+            + if published.is_some() { "\n  Istio: istiod in istio-system; Prometheus follows the PodMonitors" } else { "" },
         if args.ignore_stdin { "" } else { " or by closing stdin" },
     );
     print!("{info}");
 
-    let why = tokio::select! {
-        _ = sigint.recv() => "SIGINT",
-        _ = sigterm.recv() => "SIGTERM",
-        _ = stdin_closed.recv(), if !args.ignore_stdin => "stdin closed",
+    // With Istio, Prometheus follows the PodMonitors as the Prometheus Operator's watch would.
+    let mut follow = tokio::time::interval(Duration::from_secs(5));
+    let why = loop {
+        tokio::select! {
+            _ = sigint.recv() => break "SIGINT",
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = stdin_closed.recv(), if !args.ignore_stdin => break "stdin closed",
+            _ = follow.tick(), if published.is_some() => {
+                if let Running::Full(c) = &running {
+                    match c.refresh_pod_monitors().await {
+                        Ok(Some(report)) => eprintln!(
+                            "meshguard-devcluster: Prometheus reloaded from the PodMonitors:\n{}",
+                            report.trim_end()
+                        ),
+                        Ok(None) => {}
+                        Err(e) => eprintln!("meshguard-devcluster: PodMonitors: {e}"),
+                    }
+                }
+            }
+        }
     };
     eprintln!("meshguard-devcluster: {why}; stopping");
     for path in [&args.kubeconfig, &args.info].into_iter().flatten() {
         let _ = std::fs::remove_file(path);
     }
-    drop(registry);
-    match running {
-        Running::Full(c) => c.stop()?,
-        Running::ApiOnly(c) => c.stop()?,
+    // Before the nodes go: the forwarder listens on the first node's address.
+    if let Some(mut published) = published {
+        published.stop();
     }
+    let left = match running {
+        Running::Full(c) => c.stop_and_list_leftovers()?,
+        Running::ApiOnly(c) => {
+            c.stop()?;
+            Vec::new()
+        }
+    };
+    drop(registry);
+    if !left.is_empty() {
+        return Err(format!("left behind after stopping: {left:#?}").into());
+    }
+    eprintln!("meshguard-devcluster: stopped; nothing left running");
     Ok(())
 }
