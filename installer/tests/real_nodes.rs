@@ -18,7 +18,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{meshctl_on, publish_for_install, workspace, TestResult};
+use common::{install_mesh_file, publish_for_install, workspace, TestResult};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DynamicObject, ListParams};
@@ -124,18 +124,8 @@ async fn run(cluster: &LocalCluster, registry: &str) -> TestResult {
     // their sha256, the images' registry.
     let flags = publish_for_install(&format!("{registry}/meshguard"), "system-test").await?;
     let mesh = workspace().join("docs/examples/real-nodes.yaml");
-    let mesh = mesh.display().to_string();
-    let prometheus = cluster.prometheus_url().to_owned();
-    let mut args = vec![
-        "-f",
-        mesh.as_str(),
-        "--prometheus-address",
-        prometheus.as_str(),
-        "--fast-scale-down",
-    ];
-    args.extend(flags.iter().map(String::as_str));
     let installed = Instant::now();
-    let install = meshctl_on(cluster.api()?, "install", &args).await;
+    let install = install_mesh_file(cluster, &mesh, &[], &flags).await?;
     assert_eq!(install.code, Some(0), "{}", install.dump());
 
     let client = cluster.client().await?;

@@ -4,13 +4,14 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use clap::Parser;
 use kube::api::DynamicObject;
 use kube::ResourceExt;
 use meshctl::cli::{Cli, Command};
 use meshctl::resources::{self, Resources};
-use meshguard_testcluster::{CrdSet, TestCluster, TestClusterOptions};
+use meshguard_testcluster::{CrdSet, LocalCluster, TestCluster, TestClusterOptions};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -68,6 +69,30 @@ pub async fn meshctl_on(cluster: &TestCluster, command: &str, args: &[&str]) -> 
     let mut all = vec![command, "--kubeconfig", kubeconfig.as_str()];
     all.extend_from_slice(args);
     meshctl(&all).await
+}
+
+/// `meshctl install -f MESH` on the local cluster as the system tests run it: the cluster's
+/// Prometheus for the request-rate triggers, the autoscalers' short scale-down window
+/// (`--fast-scale-down`), then `extra` (e.g. `--pod-monitor`) and `flags` (what `meshctl publish`
+/// printed for install).
+pub async fn install_mesh_file(
+    cluster: &LocalCluster,
+    mesh: &Path,
+    extra: &[&str],
+    flags: &[String],
+) -> Result<Run, Box<dyn std::error::Error>> {
+    let mesh = mesh.display().to_string();
+    let prometheus = cluster.prometheus_url().to_owned();
+    let mut args = vec![
+        "-f",
+        mesh.as_str(),
+        "--prometheus-address",
+        prometheus.as_str(),
+        "--fast-scale-down",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(flags.iter().map(String::as_str));
+    Ok(meshctl_on(cluster.api()?, "install", &args).await)
 }
 
 /// `install` with usable module URLs.

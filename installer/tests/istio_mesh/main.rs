@@ -26,11 +26,11 @@ mod telemetry;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{meshctl_on, publish_for_install, services_dir, workspace, TestResult};
+use common::{install_mesh_file, publish_for_install, services_dir, workspace, TestResult};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{
@@ -39,7 +39,6 @@ use kube::api::{
 };
 use kube::Client;
 use meshguard_testcluster::callers::{self, Caller};
-use meshguard_testcluster::forward::Forwarder;
 use meshguard_testcluster::istio::{IstioArtifacts, ISTIO_NAMESPACE};
 use meshguard_testcluster::registry::Registry;
 use meshguard_testcluster::wait::until as wait_for;
@@ -60,16 +59,8 @@ async fn the_filters_decide_every_call_in_istio_sidecars() -> TestResult {
     let registry = Registry::start(&cluster.dir().join("registry"), None, None)?;
     // The sidecars' agents fetch the modules themselves, from their pods: the registry is
     // published on the first node's address, which pods and nodes both reach.
-    let node_ip: IpAddr = cluster
-        .real_nodes()
-        .first()
-        .ok_or("no real node")?
-        .ip
-        .parse()?;
-    let local: SocketAddr = registry.addr().parse()?;
-    let mut published = Forwarder::start(SocketAddr::new(node_ip, local.port()), local)?;
+    let mut published = cluster.publish_registry(registry.addr())?;
     let address = published.address().to_string();
-    cluster.trust_plain_http_registry(&address)?;
     let result = run(&cluster, &artifacts, &address).await;
     if result.is_err() {
         eprintln!("cluster folder: {}", cluster.dir().display());
@@ -109,6 +100,13 @@ async fn answers(client: &Client, namespace: &str, name: &str) -> Result<Vec<Val
     Ok(callers::answers(client, namespace, name, CALL_WITHIN).await?)
 }
 
+/// The caller got one answer: 403 from the callee's filter, with `reason` (its JSON body's).
+fn assert_denied(answers: &[Value], reason: &str) {
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["status"], 403, "{answers:?}");
+    assert_eq!(answers[0]["reason"], reason, "{answers:?}");
+}
+
 /// Runs `call ARGS` in a pod of `namespace` under `account` and returns its answers.
 async fn call(
     client: &Client,
@@ -123,18 +121,12 @@ async fn call(
 }
 
 async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str) -> TestResult {
-    let images = artifacts.push_images(registry, "meshguard-local")?;
-    let insecure =
-        format!("meshConfig.defaultConfig.proxyMetadata.WASM_INSECURE_REGISTRIES={registry}");
     let started = Instant::now();
-    artifacts.install(
-        cluster.kubeconfig_path()?,
-        &images,
-        &[insecure.as_str()],
-        &cluster.dir().join("istioctl.log"),
-    )?;
+    artifacts
+        .install_on(cluster, registry, &cluster.dir().join("istioctl.log"))
+        .await?;
     println!(
-        "istioctl install to istiod ready: {:.1}s",
+        "Istio's images pushed, istioctl install to istiod ready: {:.1}s",
         started.elapsed().as_secs_f64()
     );
 
@@ -234,8 +226,7 @@ async fn run(cluster: &LocalCluster, artifacts: &IstioArtifacts, registry: &str)
         &[ORDERS],
     )
     .await?;
-    assert_eq!(denied[0]["status"], 403, "{denied:?}");
-    assert_eq!(denied[0]["reason"], "unknown_peer", "{denied:?}");
+    assert_denied(&denied, "unknown_peer");
     let grpc = call(
         &client,
         &call_image,
@@ -337,26 +328,14 @@ async fn storefront(client: &Client, call_image: &str) -> TestResult {
         &[ORDERS],
     )
     .await?;
-    assert_eq!(direct[0]["status"], 403, "{direct:?}");
-    assert_eq!(direct[0]["reason"], "unknown_peer", "{direct:?}");
+    assert_denied(&direct, "unknown_peer");
     Ok(())
 }
 
 /// `meshctl install -f MESH FLAGS` on the cluster, which must succeed, with the sidecars'
 /// PodMonitor and the autoscalers' short scale-down window.
 async fn meshctl_install(cluster: &LocalCluster, mesh: &Path, flags: &[String]) -> TestResult {
-    let mesh = mesh.display().to_string();
-    let prometheus = cluster.prometheus_url().to_owned();
-    let mut args = vec![
-        "-f",
-        mesh.as_str(),
-        "--prometheus-address",
-        prometheus.as_str(),
-        "--pod-monitor",
-        "--fast-scale-down",
-    ];
-    args.extend(flags.iter().map(String::as_str));
-    let install = meshctl_on(cluster.api()?, "install", &args).await;
+    let install = install_mesh_file(cluster, mesh, &["--pod-monitor"], flags).await?;
     assert_eq!(install.code, Some(0), "{}", install.dump());
     Ok(())
 }

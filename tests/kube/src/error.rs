@@ -161,6 +161,21 @@ pub enum Error {
         source: kube::runtime::wait::Error,
     },
 
+    /// Something needs a real node, and the cluster was started without one.
+    #[error("{0} needs a real node, and the cluster has none")]
+    NoRealNode(&'static str),
+
+    /// An installation failed while some nodes could not take pods (a pressure condition, not
+    /// Ready, or the taints the node lifecycle controller sets for these): the likely cause.
+    #[error("{source}\nnodes that could not take pods: {}", nodes.join("; "))]
+    NodesUnfit {
+        /// One line per node: its name, then each condition or taint that keeps pods off it.
+        nodes: Vec<String>,
+        /// The installation's own error.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A CRD was applied but did not become Established in time.
     #[error("CRD {name} was not Established after {timeout:?}")]
     CrdNotEstablished {

@@ -30,6 +30,7 @@ use std::process::{Command, Stdio};
 
 use crate::containerd::find_program;
 use crate::error::{Error, Result};
+use crate::LocalCluster;
 
 /// Where `tests/istio/build.sh` puts Istio's commands.
 pub const ENV_ISTIO_BIN_DIR: &str = "MESHGUARD_ISTIO_BIN_DIR";
@@ -289,6 +290,40 @@ impl IstioArtifacts {
                 .map(|s| format!("--set={s}")),
         );
         self.istioctl(&args, log)
+    }
+
+    /// Installs istiod on `cluster` as the system test and the demo run it: Istio's images pushed
+    /// to the registry at `registry` (the address pods pull from, see
+    /// [`LocalCluster::publish_registry`]), then `istioctl install` (its output in `log`) with the
+    /// sidecars' agents told to fetch modules from that registry over plain HTTP
+    /// (`WASM_INSECURE_REGISTRIES`). When istioctl fails, the error also names the nodes that could
+    /// not take istiod's pod ([`LocalCluster::unfit_nodes`]).
+    pub async fn install_on(
+        &self,
+        cluster: &LocalCluster,
+        registry: &str,
+        log: &Path,
+    ) -> Result<()> {
+        let images = self.push_images(registry, "meshguard-local")?;
+        let insecure =
+            format!("meshConfig.defaultConfig.proxyMetadata.WASM_INSECURE_REGISTRIES={registry}");
+        let kubeconfig = cluster.kubeconfig_path()?.to_path_buf();
+        let (artifacts, log) = (self.clone(), log.to_path_buf());
+        let installed = tokio::task::spawn_blocking(move || {
+            artifacts.install(&kubeconfig, &images, &[insecure.as_str()], &log)
+        })
+        .await
+        .map_err(|e| Error::io("istioctl install", std::io::Error::other(e.to_string())))?;
+        let Err(source) = installed else {
+            return Ok(());
+        };
+        match cluster.unfit_nodes().await {
+            Ok(nodes) if !nodes.is_empty() => Err(Error::NodesUnfit {
+                nodes,
+                source: Box::new(source),
+            }),
+            _ => Err(source),
+        }
     }
 
     /// Runs istioctl with `args`, its output appended to `log`.

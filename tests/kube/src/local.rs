@@ -13,7 +13,7 @@
 //! setting (see [`crate::load`]).
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use crate::artifacts::{LocalArtifacts, Versions};
 use crate::cluster::{arg, free_ports, http_get_loopback, not_ready, write};
 use crate::crds::CrdSet;
 use crate::error::{Error, Result};
+use crate::forward::Forwarder;
 use crate::load;
 use crate::nodes::{self, NodeContext, RealNodeInfo, RealNodeSpec, RealNodes};
 use crate::pki::{self, Ca};
@@ -705,6 +706,46 @@ impl LocalCluster {
             Some(real) => real.trust_plain_http_registry(host_port),
             None => Ok(()),
         }
+    }
+
+    /// Publishes a registry that listens on loopback (`registry`, `IP:port`) on the first real
+    /// node's address, the port kept, where pods and the nodes' runtimes both reach it, and lets
+    /// the nodes pull from it over plain HTTP. Stop the forwarder before the cluster: it listens
+    /// on the node's address.
+    pub fn publish_registry(&self, registry: &str) -> Result<Forwarder> {
+        let node = self
+            .real_nodes()
+            .into_iter()
+            .next()
+            .ok_or(Error::NoRealNode("publishing a registry to pods"))?;
+        let invalid = |what: String| {
+            Error::io(
+                "publishing a registry to pods",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, what),
+            )
+        };
+        let node_ip: IpAddr = node
+            .ip
+            .parse()
+            .map_err(|e| invalid(format!("node {} has address {:?}: {e}", node.name, node.ip)))?;
+        let local: SocketAddr = registry
+            .parse()
+            .map_err(|e| invalid(format!("registry address {registry:?}: {e}")))?;
+        let published = Forwarder::start(SocketAddr::new(node_ip, local.port()), local)?;
+        self.trust_plain_http_registry(&published.address().to_string())?;
+        Ok(published)
+    }
+
+    /// The nodes that cannot take new pods, one line each with why: a pressure condition
+    /// (`DiskPressure`, `MemoryPressure`, `PIDPressure`), not Ready, or a `node.kubernetes.io/`
+    /// taint (what the node lifecycle controller sets for those). Empty when every node can.
+    pub async fn unfit_nodes(&self) -> Result<Vec<String>> {
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        let list = nodes
+            .list(&Default::default())
+            .await
+            .map_err(|e| Error::kube("listing nodes", e))?;
+        Ok(list.items.iter().filter_map(unfit_node).collect())
     }
 
     /// Imports an OCI image archive into every real node's runtime.
@@ -1410,9 +1451,78 @@ pub(crate) fn percent_encode(text: &str) -> String {
     out
 }
 
+/// Why `node` cannot take new pods (see [`LocalCluster::unfit_nodes`]), or `None` when it can.
+fn unfit_node(node: &Node) -> Option<String> {
+    let name = node.metadata.name.as_deref().unwrap_or("?");
+    let mut why = Vec::new();
+    let status = node.status.as_ref();
+    for c in status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let pressure = c.type_.ends_with("Pressure") && c.status == "True";
+        let not_ready = c.type_ == "Ready" && c.status != "True";
+        if pressure || not_ready {
+            let what = if not_ready {
+                "not Ready"
+            } else {
+                c.type_.as_str()
+            };
+            match c.message.as_deref().filter(|m| !m.is_empty()) {
+                Some(message) => why.push(format!("{what} ({message})")),
+                None => why.push(what.to_owned()),
+            }
+        }
+    }
+    let spec = node.spec.as_ref();
+    for t in spec.and_then(|s| s.taints.as_ref()).into_iter().flatten() {
+        if t.key.starts_with("node.kubernetes.io/") {
+            why.push(format!("taint {}:{}", t.key, t.effect));
+        }
+    }
+    (!why.is_empty()).then(|| format!("{name}: {}", why.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unfit_nodes_say_why_they_take_no_pods() {
+        let node = |conditions: serde_json::Value, taints: serde_json::Value| -> Node {
+            serde_json::from_value(json!({
+                "metadata": {"name": "mgnode0"},
+                "spec": {"taints": taints},
+                "status": {"conditions": conditions},
+            }))
+            .unwrap_or_default()
+        };
+        let healthy = node(
+            json!([
+                {"type": "Ready", "status": "True"},
+                {"type": "DiskPressure", "status": "False"},
+            ]),
+            json!([{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]),
+        );
+        assert_eq!(unfit_node(&healthy), None);
+        let full = node(
+            json!([
+                {"type": "Ready", "status": "True"},
+                {"type": "DiskPressure", "status": "True", "message": "kubelet has disk pressure"},
+            ]),
+            json!([{"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"}]),
+        );
+        assert_eq!(
+            unfit_node(&full).as_deref(),
+            Some(
+                "mgnode0: DiskPressure (kubelet has disk pressure), \
+                 taint node.kubernetes.io/disk-pressure:NoSchedule"
+            )
+        );
+        let gone = node(json!([{"type": "Ready", "status": "Unknown"}]), json!(null));
+        assert_eq!(unfit_node(&gone).as_deref(), Some("mgnode0: not Ready"));
+    }
 
     #[test]
     fn percent_encoding_keeps_only_unreserved_characters() {

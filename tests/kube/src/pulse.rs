@@ -584,8 +584,8 @@ async fn stop_callers(client: &Client, opts: &PulseOptions, callers: u32) -> Res
                 stats.ok += 1;
             } else {
                 stats.failed += 1;
-                if stats.errors.len() < 20 {
-                    stats.errors.push((0, format!("{name}: {answer}")));
+                if stats.errors.len() < crate::traffic::KEPT_ERRORS {
+                    stats.errors.push((None, format!("{name}: {answer}")));
                 }
             }
         }

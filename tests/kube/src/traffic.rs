@@ -20,7 +20,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests in flight beyond which a scheduled one is counted failed instead of sent.
 const MAX_IN_FLIGHT: u64 = 500;
 /// How many failure reasons are kept.
-const KEPT_ERRORS: usize = 20;
+pub(crate) const KEPT_ERRORS: usize = 20;
 
 /// What the traffic has seen so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,8 +32,9 @@ pub struct Stats {
     pub failed: u64,
     /// Per second since the start: (answered, failed), by when each request was sent.
     pub per_second: Vec<(u64, u64)>,
-    /// The first failures: the second they were sent in, and why.
-    pub errors: Vec<(usize, String)>,
+    /// The first failures: the second they were sent in (when known: caller pods report what
+    /// they got, not when), and why.
+    pub errors: Vec<(Option<usize>, String)>,
 }
 
 impl Stats {
@@ -50,7 +51,7 @@ impl Stats {
                 self.failed += 1;
                 self.per_second[second].1 += 1;
                 if self.errors.len() < KEPT_ERRORS {
-                    self.errors.push((second, e));
+                    self.errors.push((Some(second), e));
                 }
             }
         }
@@ -245,7 +246,7 @@ mod tests {
         assert_eq!(s.ok, 2);
         assert_eq!(s.failed, 1);
         assert_eq!(s.per_second, vec![(1, 0), (0, 0), (1, 1)]);
-        assert_eq!(s.errors, vec![(2, "502".to_owned())]);
+        assert_eq!(s.errors, vec![(Some(2), "502".to_owned())]);
     }
 
     #[tokio::test]

@@ -2,7 +2,6 @@
 //! it, kubectl, watching the autoscalers), sets a service's simulated load, and drives a load
 //! pulse with a timeline.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -501,7 +500,10 @@ async fn run_pulse(
             stats
                 .errors
                 .first()
-                .map(|(s, e)| format!(" (first at +{s}s: {e})"))
+                .map(|(second, e)| match second {
+                    Some(s) => format!(" (first at +{s}s: {e})"),
+                    None => format!(" (first: {e})"),
+                })
                 .unwrap_or_default()
         );
         if stats.failed > 0 {
@@ -622,30 +624,13 @@ async fn install_istio(
     log: &Path,
 ) -> Result<Forwarder, Box<dyn std::error::Error>> {
     let artifacts = IstioArtifacts::from_env()?;
-    let node_ip: IpAddr = cluster
-        .real_nodes()
-        .first()
-        .ok_or("--istio needs a real node")?
-        .ip
-        .parse()?;
-    let local: SocketAddr = registry.addr().parse()?;
-    let published = Forwarder::start(SocketAddr::new(node_ip, local.port()), local)?;
+    let published = cluster.publish_registry(registry.addr())?;
     let address = published.address().to_string();
-    cluster.trust_plain_http_registry(&address)?;
-    eprintln!("meshguard-devcluster: pushing Istio's pilot and proxyv2 images to {address}");
-    let images = artifacts.push_images(&address, "meshguard-local")?;
-    let insecure =
-        format!("meshConfig.defaultConfig.proxyMetadata.WASM_INSECURE_REGISTRIES={address}");
     eprintln!(
-        "meshguard-devcluster: istioctl install (istiod on a real node; log {})",
+        "meshguard-devcluster: istioctl install (Istio's pilot and proxyv2 images pushed to {address}, istiod on a real node; log {})",
         log.display()
     );
-    let kubeconfig = cluster.kubeconfig_path()?.to_path_buf();
-    let log = log.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        artifacts.install(&kubeconfig, &images, &[insecure.as_str()], &log)
-    })
-    .await??;
+    artifacts.install_on(cluster, &address, log).await?;
     Ok(published)
 }
 
